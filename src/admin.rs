@@ -1,0 +1,95 @@
+//! Operator commands over SQL: `status` and `redeliver`. The statements are
+//! the files under `sql/admin`, the same ones a DBA runs with psql.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const STATUS: &str = include_str!("../sql/admin/status.sql");
+const REDELIVER_DELIVERY: &str = include_str!("../sql/admin/redeliver_delivery.sql");
+const REDELIVER_EVENT: &str = include_str!("../sql/admin/redeliver_event.sql");
+const RECOVER_ENDPOINT: &str = include_str!("../sql/admin/recover_endpoint.sql");
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct EndpointStatus {
+    pub endpoint_id: i64,
+    pub clinic_id: i64,
+    pub version: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub pending: i64,
+    pub delivering: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub oldest_pending_s: Option<i64>,
+}
+
+pub async fn status(pool: &PgPool) -> Result<Vec<EndpointStatus>, sqlx::Error> {
+    sqlx::query_as(STATUS).fetch_all(pool).await
+}
+
+/// Renders `status` as a table for a terminal.
+pub fn format_status(rows: &[EndpointStatus]) -> String {
+    let mut out = format!(
+        "{:>8} {:>7} {:>4} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}  {}\n",
+        "endpoint", "clinic", "ver", "enabled", "pending", "delivering", "succeeded", "failed",
+        "oldest(s)", "disabled reason"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:>8} {:>7} {:>4} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}  {}\n",
+            r.endpoint_id,
+            r.clinic_id,
+            r.version,
+            r.enabled,
+            r.pending,
+            r.delivering,
+            r.succeeded,
+            r.failed,
+            r.oldest_pending_s.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            r.disabled_reason.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// What to send again.
+#[derive(Debug, Clone)]
+pub enum Redelivery {
+    Delivery(i64),
+    Event { id: Uuid, endpoint: Option<i64> },
+    /// Everything that failed for an endpoint since a time, given as a
+    /// PostgreSQL timestamptz literal (`2026-11-27 08:00+00`, `yesterday`).
+    Recover { endpoint: i64, since: String },
+}
+
+/// Queues the redelivery and says what was queued.
+pub async fn redeliver(pool: &PgPool, what: &Redelivery) -> Result<String, sqlx::Error> {
+    Ok(match what {
+        Redelivery::Delivery(id) => {
+            let queued: Option<i64> = sqlx::query_scalar(REDELIVER_DELIVERY)
+                .bind(id)
+                .fetch_one(pool)
+                .await?;
+            match queued {
+                Some(id) => format!("delivery {id} queued again"),
+                None => format!("delivery {id} is in flight right now; left alone"),
+            }
+        }
+        Redelivery::Event { id, endpoint } => {
+            let queued: Vec<i64> = sqlx::query_scalar(REDELIVER_EVENT)
+                .bind(id)
+                .bind(endpoint)
+                .fetch_all(pool)
+                .await?;
+            format!("event {id}: {} deliveries queued {:?}", queued.len(), queued)
+        }
+        Redelivery::Recover { endpoint, since } => {
+            let n: i32 = sqlx::query_scalar(RECOVER_ENDPOINT)
+                .bind(endpoint)
+                .bind(since)
+                .fetch_one(pool)
+                .await?;
+            format!("endpoint {endpoint}: {n} failed deliveries since {since} queued again")
+        }
+    })
+}

@@ -1,0 +1,311 @@
+//! Settings: the documented `config.toml` (compiled in as the defaults), then
+//! an optional file, then `CLINIC_WEBHOOKS__SECTION__KEY` environment
+//! variables, validated into typed structs. Errors name the offending key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Environment, File, FileFormat};
+use serde::Deserialize;
+
+/// The documented defaults; the same file operators read.
+const DEFAULTS: &str = include_str!("../config.toml");
+const ENV_PREFIX: &str = "CLINIC_WEBHOOKS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Key { key: &'static str, reason: String },
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub embedded: EmbeddedSettings,
+    pub worker: WorkerSettings,
+    pub http: HttpSettings,
+    pub retry: RetrySettings,
+    pub health: HealthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+}
+
+// The URL may carry a password: never print it.
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &if self.url.is_empty() { "" } else { "<set>" })
+            .field("max_connections", &self.max_connections)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedSettings {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub bin_dir: String,
+    pub os_user: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub name: String,
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub record_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub max_response_body: usize,
+    pub allow_private_targets: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(deserialize_with = "durations")]
+    pub schedule: Vec<Duration>,
+    pub jitter: f64,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSettings {
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+impl Settings {
+    /// Defaults, then `file` (required when given), then the environment.
+    /// `env` is the process environment as pairs, passed in so that tests
+    /// never mutate the real one.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            // Surface a missing or malformed file with its path.
+            config::Config::builder()
+                .add_source(File::from(path).format(FileFormat::Toml))
+                .build()
+                .map_err(|source| ConfigError::File {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let mut database_url = None;
+        let mut vars = config::Map::new();
+        for (key, value) in env {
+            if key == "DATABASE_URL" {
+                database_url = Some(value);
+            } else if key.starts_with(ENV_PREFIX) {
+                vars.insert(key, value);
+            }
+        }
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("retry.schedule")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        if settings.database.url.is_empty() {
+            settings.database.url = database_url.unwrap_or_default();
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Loads from the real process environment.
+    pub fn from_env(file: Option<&Path>) -> Result<Self> {
+        Self::load(file, std::env::vars())
+    }
+
+    fn validate(&self) -> Result<()> {
+        fn bad(key: &'static str, reason: impl Into<String>) -> Result<()> {
+            Err(ConfigError::Key {
+                key,
+                reason: reason.into(),
+            })
+        }
+        if self.database.max_connections < 2 {
+            return bad(
+                "database.max_connections",
+                "must be at least 2 (claims and results use separate connections)",
+            );
+        }
+        if self.worker.concurrency == 0 {
+            return bad("worker.concurrency", "must be at least 1");
+        }
+        if self.worker.record_batch == 0 {
+            return bad("worker.record_batch", "must be at least 1");
+        }
+        if self.worker.poll_interval.is_zero() {
+            return bad("worker.poll_interval", "must be greater than 0");
+        }
+        if self.http.timeout.is_zero() {
+            return bad("http.timeout", "must be greater than 0");
+        }
+        if self.http.connect_timeout.is_zero() {
+            return bad("http.connect_timeout", "must be greater than 0");
+        }
+        if self.worker.lease < self.http.timeout + Duration::from_secs(5) {
+            return bad(
+                "worker.lease",
+                format!(
+                    "must exceed http.timeout ({}) by at least 5s, so that a slow request never outlives its lease",
+                    humantime::format_duration(self.http.timeout)
+                ),
+            );
+        }
+        if !(0.0..1.0).contains(&self.retry.jitter) {
+            return bad("retry.jitter", "must be a fraction in [0, 1)");
+        }
+        if self.retry.schedule.len() > 100 {
+            return bad("retry.schedule", "at most 100 retries");
+        }
+        if self.health.disable_after.is_zero() {
+            return bad("health.disable_after", "must be greater than 0");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return bad("log.level", e.to_string());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_file() {
+        let s = Settings::load(None, env(&[])).expect("defaults load");
+        assert_eq!(s.http.timeout, Duration::from_secs(15));
+        assert_eq!(s.retry.schedule.len(), 7);
+        assert_eq!(s.retry.schedule[6], Duration::from_secs(36_000));
+        assert!(!s.http.allow_private_targets);
+        assert_eq!(s.log.format, LogFormat::Human);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_lists() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("CLINIC_WEBHOOKS__HTTP__TIMEOUT", "3s"),
+                ("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true"),
+                ("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "7"),
+                ("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "1s,2m"),
+                ("CLINIC_WEBHOOKS__LOG__FORMAT", "json"),
+            ]),
+        )
+        .expect("overrides load");
+        assert_eq!(s.http.timeout, Duration::from_secs(3));
+        assert!(s.http.allow_private_targets);
+        assert_eq!(s.worker.concurrency, 7);
+        assert_eq!(
+            s.retry.schedule,
+            vec![Duration::from_secs(1), Duration::from_secs(120)]
+        );
+        assert_eq!(s.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = Settings::load(None, env(&[("CLINIC_WEBHOOKS__HTTP__TIMEOUT", "soon")]))
+            .expect_err("bad duration");
+        assert!(err.to_string().contains("http.timeout"), "{err}");
+
+        let err = Settings::load(None, env(&[("CLINIC_WEBHOOKS__WORKER__LEASE", "10s")]))
+            .expect_err("lease shorter than timeout");
+        assert!(err.to_string().contains("worker.lease"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_or_malformed_file_is_reported_with_its_path() {
+        let dir = std::env::temp_dir().join(format!("cw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let missing = dir.join("nope.toml");
+        let err = Settings::load(Some(&missing), env(&[])).expect_err("missing file");
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+
+        let broken = dir.join("broken.toml");
+        std::fs::write(&broken, "[http]\ntimeout = \n").expect("write");
+        let err = Settings::load(Some(&broken), env(&[])).expect_err("broken file");
+        assert!(err.to_string().contains("broken.toml"), "{err}");
+
+        let unknown = dir.join("unknown.toml");
+        std::fs::write(&unknown, "[http]\ntimeuot = \"5s\"\n").expect("write");
+        let err = Settings::load(Some(&unknown), env(&[])).expect_err("unknown key");
+        assert!(err.to_string().contains("timeuot"), "{err}");
+    }
+}

@@ -1,0 +1,71 @@
+//! Connections and migrations. Our migration bookkeeping lives in our own
+//! schema (`webhooks._sqlx_migrations`), so it never touches the app's tables.
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database URL is not valid: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("connecting to PostgreSQL at {target}: {source}")]
+    Connect { target: String, source: sqlx::Error },
+    #[error("applying migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// The embedded migrations, with bookkeeping in schema `webhooks`.
+pub fn migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema("webhooks");
+    migrator.dangerous_set_table_name("webhooks._sqlx_migrations");
+    migrator
+}
+
+/// Where a URL points, without its password, for messages.
+pub fn describe(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("")
+    )
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    let options: PgConnectOptions = url.parse().map_err(DbError::Url)?;
+    let options = options.application_name("clinic-webhooks");
+    let target = describe(&options);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|source| DbError::Connect { target, source })
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    migrator().run(pool).await?;
+    Ok(())
+}
+
+/// True for errors worth retrying after a pause: the connection or server
+/// went away, or the transaction lost a serialization/deadlock race.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            // serialization_failure, deadlock_detected, admin/crash shutdown,
+            // cannot_connect_now, connection exceptions
+            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+        ),
+        _ => false,
+    }
+}

@@ -1,0 +1,26 @@
+//! clinic-webhooks: PostgreSQL triggers enqueue webhook deliveries in the
+//! writing transaction; an apalis worker renders the v1/v2 payloads, signs
+//! them (Standard Webhooks), delivers them with a durable retry schedule, and
+//! records every call in a log that is queried in SQL.
+//!
+//! Module map: `config` (settings), `db` (pool, migrations), `embedded` (the
+//! private default cluster), `payload` (v1/v2 bodies), `signing`, `target`
+//! (private-network guard), `delivery` (one HTTP call), `retry` (schedule
+//! policy), `queue` (claiming, apalis backend), `recorder` (batched log
+//! writes), `worker` (wiring, shutdown), `admin` (status, redeliver),
+//! `receiver` (a local HTTP receiver for bench and tests), `telemetry`.
+
+pub mod admin;
+pub mod config;
+pub mod db;
+pub mod delivery;
+pub mod embedded;
+pub mod payload;
+pub mod queue;
+pub mod receiver;
+pub mod recorder;
+pub mod retry;
+pub mod signing;
+pub mod target;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,236 @@
+//! Our queue under apalis: `webhooks.deliveries` is claimed in batches by one
+//! statement (`sql/worker/claim_deliveries.sql`), woken by LISTEN/NOTIFY, and
+//! fed to the apalis worker through apalis-core's custom backend.
+//!
+//! Capacity is a semaphore of `worker.concurrency` slots. The claimer takes
+//! free slots first and claims at most that many deliveries, so nothing is
+//! ever claimed that cannot start at once: a claimed delivery never waits in a
+//! local buffer while its lease runs out.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use apalis_core::backend::custom::{BackendBuilder, BuildError};
+use apalis_core::task::Task;
+use futures::stream::{BoxStream, StreamExt};
+use futures::{Sink, sink};
+use sqlx::PgPool;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+/// The NOTIFY channel the triggers and redelivery functions signal.
+pub const CHANNEL: &str = "clinic_webhooks";
+
+const CLAIM: &str = include_str!("../sql/worker/claim_deliveries.sql");
+const RELEASE_UNSTARTED: &str = include_str!("../sql/worker/release_unstarted.sql");
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("deliveries are enqueued by the database triggers, not pushed from the worker")]
+    PushUnsupported,
+    #[error("building the apalis backend: {0}")]
+    Build(#[from] BuildError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// One claimed delivery, with what is needed to render, sign and send it.
+#[derive(Clone, sqlx::FromRow)]
+pub struct ClaimedDelivery {
+    pub delivery_id: i64,
+    /// The attempt number this claim starts (also the lease's fencing token).
+    pub attempt: i32,
+    /// Position in the retry schedule (restarts at a redelivery).
+    pub schedule_position: i32,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub created: i64,
+    pub clinic_code: Option<String>,
+    pub snapshot: String,
+    pub endpoint_id: i64,
+    pub url: String,
+    pub version: String,
+    pub secret: String,
+}
+
+// Keeps the secret (and the payload) out of every log line.
+impl std::fmt::Debug for ClaimedDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedDelivery")
+            .field("delivery_id", &self.delivery_id)
+            .field("attempt", &self.attempt)
+            .field("event_id", &self.event_id)
+            .field("event_type", &self.event_type)
+            .field("endpoint_id", &self.endpoint_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The apalis task: a claimed delivery holding one capacity slot until done.
+#[derive(Debug)]
+pub struct Job {
+    pub delivery: ClaimedDelivery,
+    _slot: OwnedSemaphorePermit,
+}
+
+type Buffer = Arc<Mutex<VecDeque<(ClaimedDelivery, OwnedSemaphorePermit)>>>;
+
+/// Claims deliveries for one worker process.
+#[derive(Clone)]
+pub struct Claimer {
+    pool: PgPool,
+    worker: String,
+    lease: Duration,
+    poll_interval: Duration,
+    slots: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    /// Claimed but not yet handed to apalis (handed back on shutdown).
+    buffer: Buffer,
+    /// The last claim came back short: wait for a NOTIFY or the poll interval.
+    drained: bool,
+}
+
+impl Claimer {
+    pub fn new(
+        pool: PgPool,
+        worker: String,
+        lease: Duration,
+        poll_interval: Duration,
+        concurrency: usize,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            pool,
+            worker,
+            lease,
+            poll_interval,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            wake,
+            buffer: Arc::default(),
+            drained: false,
+        }
+    }
+
+    /// Waits for the next delivery; never ends and never fails: database
+    /// errors are logged and retried, so the worker outlives a database restart.
+    async fn next_job(&mut self) -> Job {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if let Some((delivery, slot)) = self.pop_buffered() {
+                return Job {
+                    delivery,
+                    _slot: slot,
+                };
+            }
+            if self.drained {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(self.poll_interval) => {}
+                }
+                self.drained = false;
+            }
+            let slots = self.take_free_slots().await;
+            let wanted = slots.len();
+            match self.claim(wanted).await {
+                Ok(rows) => {
+                    backoff = Duration::from_millis(100);
+                    self.drained = rows.len() < wanted;
+                    let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+                    buffer.extend(rows.into_iter().zip(slots));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "claiming deliveries failed");
+                    drop(slots);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn pop_buffered(&self) -> Option<(ClaimedDelivery, OwnedSemaphorePermit)> {
+        self.buffer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+
+    /// At least one slot (waiting for it), plus every other slot free now.
+    async fn take_free_slots(&self) -> Vec<OwnedSemaphorePermit> {
+        let mut slots = Vec::new();
+        // The semaphore is never closed, so acquiring only waits.
+        if let Ok(first) = self.slots.clone().acquire_owned().await {
+            slots.push(first);
+        }
+        while let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            slots.push(slot);
+        }
+        slots
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Losing a claim in a server crash is harmless (the delivery stays
+        // pending, or its lease expires), so it need not wait for the WAL flush.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query_as::<_, ClaimedDelivery>(CLAIM)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(&self.worker)
+            .bind(self.lease.as_secs_f64())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// Hands back what was claimed but never started (on shutdown).
+    pub async fn release_unstarted(&self) -> Result<u64, sqlx::Error> {
+        let ids: Vec<i64> = self
+            .buffer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .map(|(d, _)| d.delivery_id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(RELEASE_UNSTARTED)
+            .bind(&ids)
+            .bind(&self.worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+type JobStream = BoxStream<'static, Result<Option<Task<Job>>, QueueError>>;
+type JobSink = Pin<Box<dyn Sink<Task<Job>, Error = QueueError> + Send>>;
+
+/// The apalis backend over our queue. Its stream only ever yields tasks; it
+/// ends when the worker stops polling it (shutdown).
+pub fn backend(
+    claimer: Claimer,
+) -> Result<apalis_core::backend::custom::CustomBackend<Job, Claimer, JobStream, JobSink>, QueueError>
+{
+    let backend = BackendBuilder::new()
+        .database(claimer)
+        .fetcher(|claimer: &mut Claimer, _: &(), _| {
+            futures::stream::unfold(claimer.clone(), |mut claimer| async move {
+                let job = claimer.next_job().await;
+                Some((Ok(Some(Task::new(job))), claimer))
+            })
+            .boxed()
+        })
+        .sink(|_: &mut Claimer, _: &()| {
+            Box::pin(sink::unfold((), |(), _task: Task<Job>| async {
+                Err::<(), QueueError>(QueueError::PushUnsupported)
+            })) as JobSink
+        })
+        .build()?;
+    Ok(backend)
+}

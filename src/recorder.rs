@@ -1,0 +1,223 @@
+//! Writes attempt results in batches (group commit): handlers hand their
+//! result to one task, which writes everything waiting in one statement
+//! (`sql/worker/record_attempts.sql`) and then acknowledges each handler. A
+//! handler finishes only after its result is durable, so a crash can repeat a
+//! call (at-least-once) but never lose one.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::db::is_transient;
+use crate::delivery::CallRecord;
+
+const RECORD: &str = include_str!("../sql/worker/record_attempts.sql");
+
+/// `webhooks.attempt_outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Retrying,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Retrying => "retrying",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One finished call and what happens to its delivery next.
+#[derive(Debug)]
+pub struct AttemptResult {
+    pub delivery_id: i64,
+    pub endpoint_id: i64,
+    pub attempt: i32,
+    pub call: CallRecord,
+    pub outcome: Outcome,
+    /// For `Retrying`: the delay before the next attempt.
+    pub retry_in: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the result recorder has stopped")]
+pub struct RecorderStopped;
+
+type Pending = (AttemptResult, oneshot::Sender<()>);
+
+/// Handle used by delivery handlers.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Recorder {
+    /// Returns once the result is committed.
+    pub async fn record(&self, result: AttemptResult) -> Result<(), RecorderStopped> {
+        let (done, committed) = oneshot::channel();
+        self.tx
+            .send((result, done))
+            .await
+            .map_err(|_| RecorderStopped)?;
+        committed.await.map_err(|_| RecorderStopped)
+    }
+}
+
+/// Starts the recorder task; it ends when every `Recorder` is dropped and
+/// what was sent to it is written.
+pub fn spawn(
+    pool: PgPool,
+    worker: String,
+    batch: usize,
+    disable_after: Duration,
+) -> (Recorder, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Pending>(batch * 2);
+    let task = tokio::spawn(async move {
+        let mut pending = Vec::with_capacity(batch);
+        while rx.recv_many(&mut pending, batch).await > 0 {
+            write_with_retry(&pool, &worker, disable_after, &pending).await;
+            for (_, done) in pending.drain(..) {
+                // The handler may have been cancelled; nothing to tell it then.
+                let _ = done.send(());
+            }
+        }
+    });
+    (Recorder { tx }, task)
+}
+
+/// Writes a batch, retrying transient errors until the database is back. A
+/// batch the database refuses for another reason is written row by row, so
+/// one bad row cannot take the others with it.
+async fn write_with_retry(
+    pool: &PgPool,
+    worker: &str,
+    disable_after: Duration,
+    batch: &[Pending],
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match write(pool, worker, disable_after, batch.iter().map(|(r, _)| r)).await {
+            Ok(()) => return,
+            Err(err) if is_transient(&err) => {
+                tracing::warn!(error = %err, rows = batch.len(), retry_in = ?backoff,
+                    "recording attempts failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(err) if batch.len() > 1 => {
+                tracing::warn!(error = %err, rows = batch.len(),
+                    "recording a batch of attempts failed; writing them one by one");
+                for one in batch.chunks(1) {
+                    Box::pin(write_with_retry(pool, worker, disable_after, one)).await;
+                }
+                return;
+            }
+            Err(err) => {
+                // The delivery stays leased; when the lease expires it is sent again.
+                let (r, _) = &batch[0];
+                tracing::error!(error = %err, delivery_id = r.delivery_id, attempt = r.attempt,
+                    "the database refused an attempt record; the delivery will be retried after its lease");
+                return;
+            }
+        }
+    }
+}
+
+fn epoch_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The parallel arrays of `record_attempts.sql`.
+#[derive(Default)]
+struct Columns {
+    delivery_id: Vec<i64>,
+    endpoint_id: Vec<i64>,
+    attempt: Vec<i32>,
+    started_at: Vec<f64>,
+    duration_ms: Vec<f64>,
+    url: Vec<String>,
+    request_headers: Vec<Option<String>>,
+    request_body: Vec<Option<String>>,
+    response_status: Vec<Option<i16>>,
+    response_headers: Vec<Option<String>>,
+    response_body: Vec<Option<String>>,
+    response_truncated: Vec<bool>,
+    outcome: Vec<&'static str>,
+    error_kind: Vec<Option<&'static str>>,
+    error: Vec<Option<String>>,
+    retry_in_s: Vec<Option<f64>>,
+}
+
+impl Columns {
+    fn push(&mut self, r: &AttemptResult) {
+        let call = &r.call;
+        let response = call.response.as_ref();
+        self.delivery_id.push(r.delivery_id);
+        self.endpoint_id.push(r.endpoint_id);
+        self.attempt.push(r.attempt);
+        self.started_at.push(epoch_seconds(call.started_at));
+        self.duration_ms.push(call.duration.as_secs_f64() * 1000.0);
+        self.url.push(call.url.clone());
+        let sent = !call.request_headers.is_null();
+        self.request_headers
+            .push(sent.then(|| call.request_headers.to_string()));
+        self.request_body
+            .push(sent.then(|| call.request_body.clone()));
+        self.response_status
+            .push(response.map(|r| i16::try_from(r.status).unwrap_or(i16::MAX)));
+        self.response_headers
+            .push(response.map(|r| r.headers.to_string()));
+        // PostgreSQL text cannot hold NUL; the log keeps the rest of the body.
+        self.response_body
+            .push(response.map(|r| r.body.replace('\0', "\u{FFFD}")));
+        self.response_truncated
+            .push(response.is_some_and(|r| r.truncated));
+        self.outcome.push(r.outcome.as_str());
+        self.error_kind
+            .push(call.failure.as_ref().map(|f| f.kind.as_str()));
+        self.error
+            .push(call.failure.as_ref().map(|f| f.message.clone()));
+        self.retry_in_s
+            .push(r.retry_in.map(|d| d.as_secs_f64()));
+    }
+}
+
+async fn write<'a>(
+    pool: &PgPool,
+    worker: &str,
+    disable_after: Duration,
+    results: impl Iterator<Item = &'a AttemptResult>,
+) -> Result<(), sqlx::Error> {
+    let mut c = Columns::default();
+    for r in results {
+        c.push(r);
+    }
+    sqlx::query(RECORD)
+        .bind(c.delivery_id)
+        .bind(c.endpoint_id)
+        .bind(c.attempt)
+        .bind(c.started_at)
+        .bind(c.duration_ms)
+        .bind(c.url)
+        .bind(c.request_headers)
+        .bind(c.request_body)
+        .bind(c.response_status)
+        .bind(c.response_headers)
+        .bind(c.response_body)
+        .bind(c.response_truncated)
+        .bind(c.outcome)
+        .bind(c.error_kind)
+        .bind(c.error)
+        .bind(c.retry_in_s)
+        .bind(worker)
+        .bind(disable_after.as_secs_f64())
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The apalis worker and what runs beside it: the LISTEN task that wakes the
+//! claimer, the lease-recovery loop, the result recorder, and graceful
+//! shutdown (stop claiming, drain in-flight calls within a deadline, hand back
+//! unstarted claims).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis_core::error::BoxDynError;
+use apalis_core::task::data::Data;
+use apalis_core::worker::builder::WorkerBuilder;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::delivery::{CallRecord, ClientError, Outgoing, Sender};
+use crate::payload::{self, EventRef, Version};
+use crate::queue::{self, CHANNEL, Claimer, Job, QueueError};
+use crate::recorder::{self, AttemptResult, Outcome, Recorder};
+use crate::retry::{RetryPolicy, Verdict};
+use crate::signing::SigningKey;
+
+const RECOVER_EXPIRED_LEASES: &str = include_str!("../sql/worker/recover_expired_leases.sql");
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("apalis worker: {0}")]
+    Apalis(#[from] apalis_core::error::WorkerError),
+}
+
+/// What every delivery handler shares.
+pub struct Pipeline {
+    sender: Sender,
+    policy: RetryPolicy,
+    recorder: Recorder,
+}
+
+/// A unique name per process: apalis and our leases need one (a restarted
+/// process must not inherit a dead one's identity).
+pub fn worker_name(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        fastrand::u16(..)
+    )
+}
+
+/// Runs until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    settings: &Settings,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let name = worker_name(&settings.worker.name);
+    let sender = Sender::new(&settings.http)?;
+    let (recorder, recorder_task) = recorder::spawn(
+        pool.clone(),
+        name.clone(),
+        settings.worker.record_batch,
+        settings.health.disable_after,
+    );
+    let wake = Arc::new(Notify::new());
+    let background = CancellationToken::new();
+    let listener = tokio::spawn(listen(pool.clone(), wake.clone(), background.clone()));
+    let leases = tokio::spawn(recover_leases(
+        pool.clone(),
+        (settings.worker.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(15)),
+        background.clone(),
+    ));
+
+    let claimer = Claimer::new(
+        pool.clone(),
+        name.clone(),
+        settings.worker.lease,
+        settings.worker.poll_interval,
+        settings.worker.concurrency,
+        wake,
+    );
+    let pipeline = Arc::new(Pipeline {
+        sender,
+        policy: RetryPolicy {
+            schedule: settings.retry.schedule.clone(),
+            jitter: settings.retry.jitter,
+            max_retry_after: settings.retry.max_retry_after,
+        },
+        recorder,
+    });
+    let worker = WorkerBuilder::new(name.clone())
+        .backend(queue::backend(claimer.clone())?)
+        .data(pipeline)
+        .build(handle);
+    tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker started");
+
+    let stop = shutdown.clone();
+    let running = worker.run_until(async move {
+        stop.cancelled().await;
+        Ok::<(), std::io::Error>(())
+    });
+    let deadline = async {
+        shutdown.cancelled().await;
+        tracing::info!("stopping: no new claims; waiting for requests in flight");
+        tokio::time::sleep(settings.worker.shutdown_timeout).await;
+    };
+    let result = tokio::select! {
+        result = running => result.map_err(WorkerError::from),
+        () = deadline => {
+            tracing::warn!(timeout = ?settings.worker.shutdown_timeout,
+                "requests still in flight at the shutdown deadline; their leases will expire and they will be sent again");
+            Ok(())
+        }
+    };
+
+    match claimer.release_unstarted().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(released = n, "handed back claimed deliveries that never started"),
+        Err(err) => tracing::warn!(error = %err, "could not hand back unstarted deliveries; their leases will expire"),
+    }
+    background.cancel();
+    let _ = listener.await;
+    let _ = leases.await;
+    // Every Recorder handle is gone with the worker; wait for the last writes.
+    if tokio::time::timeout(Duration::from_secs(10), recorder_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last attempt results were not written within 10s");
+    }
+    tracing::info!(worker = %name, "worker stopped");
+    result
+}
+
+/// The apalis handler: render, sign, send, decide, record.
+async fn handle(job: Job, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
+    let d = &job.delivery;
+    let call = match build_and_send(&pipeline.sender, d).await {
+        Ok(call) => call,
+        Err(message) => CallRecord::internal(&d.url, message),
+    };
+    let (outcome, retry_in) = match call.verdict() {
+        Verdict::Success => (Outcome::Succeeded, None),
+        Verdict::Final => (Outcome::Failed, None),
+        Verdict::Retryable => {
+            let position = usize::try_from(d.schedule_position).unwrap_or(usize::MAX);
+            let asked = call.response.as_ref().and_then(|r| r.retry_after);
+            match pipeline.policy.next_delay(position, asked, fastrand::f64()) {
+                Some(delay) => (Outcome::Retrying, Some(delay)),
+                None => (Outcome::Failed, None),
+            }
+        }
+    };
+    tracing::debug!(
+        delivery_id = d.delivery_id,
+        endpoint_id = d.endpoint_id,
+        attempt = d.attempt,
+        status = call.response.as_ref().map(|r| r.status),
+        outcome = outcome.as_str(),
+        error_kind = call.failure.as_ref().map(|f| f.kind.as_str()),
+        "delivery attempt finished"
+    );
+    if outcome == Outcome::Failed {
+        tracing::info!(
+            delivery_id = d.delivery_id,
+            endpoint_id = d.endpoint_id,
+            attempt = d.attempt,
+            error = call.failure.as_ref().map(|f| f.message.as_str()),
+            "delivery failed for good"
+        );
+    }
+    pipeline
+        .recorder
+        .record(AttemptResult {
+            delivery_id: d.delivery_id,
+            endpoint_id: d.endpoint_id,
+            attempt: d.attempt,
+            call,
+            outcome,
+            retry_in,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Renders the body for the endpoint's version and sends it signed. An error
+/// here is ours (bad snapshot or secret), not the receiver's.
+async fn build_and_send(
+    sender: &Sender,
+    d: &queue::ClaimedDelivery,
+) -> Result<CallRecord, String> {
+    let version = Version::parse(&d.version).map_err(|e| e.to_string())?;
+    let body = payload::render(
+        &EventRef {
+            id: d.event_id,
+            event_type: &d.event_type,
+            created: d.created,
+            clinic_code: d.clinic_code.as_deref(),
+            snapshot: &d.snapshot,
+        },
+        version,
+    )
+    .map_err(|e| e.to_string())?;
+    let key = SigningKey::from_secret(&d.secret).map_err(|e| e.to_string())?;
+    Ok(sender
+        .send(Outgoing {
+            url: &d.url,
+            event_id: d.event_id,
+            body,
+            key: &key,
+        })
+        .await)
+}
+
+/// Wakes the claimer on every NOTIFY; reconnects after a database restart
+/// (the poll interval covers what was missed meanwhile).
+async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(CHANNEL).await {
+                Ok(()) => {
+                    wake.notify_one();
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            got = listener.recv() => match got {
+                                Ok(_) => wake.notify_one(),
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "LISTEN connection lost; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "LISTEN failed"),
+            },
+            Err(err) => tracing::warn!(error = %err, "LISTEN connection failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Periodically takes back deliveries whose worker vanished.
+async fn recover_leases(pool: PgPool, every: Duration, stop: CancellationToken) {
+    loop {
+        match sqlx::query_scalar::<_, i64>(RECOVER_EXPIRED_LEASES)
+            .fetch_one(&pool)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(recovered = n, "took back deliveries whose lease expired"),
+            Err(err) => tracing::warn!(error = %err, "recovering expired leases failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
