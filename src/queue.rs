@@ -200,7 +200,7 @@ impl Claimer {
             return Ok(0);
         }
         let done = sqlx::query(RELEASE_UNSTARTED)
-            .bind(&ids)
+            .bind(ids)
             .bind(&self.worker)
             .execute(&self.pool)
             .await?;

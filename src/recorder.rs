@@ -102,7 +102,7 @@ async fn write_with_retry(
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match write(pool, worker, disable_after, batch.iter().map(|(r, _)| r)).await {
+        match write(pool, worker, disable_after, batch).await {
             Ok(()) => return,
             Err(err) if is_transient(&err) => {
                 tracing::warn!(error = %err, rows = batch.len(), retry_in = ?backoff,
@@ -188,14 +188,14 @@ impl Columns {
     }
 }
 
-async fn write<'a>(
+async fn write(
     pool: &PgPool,
     worker: &str,
     disable_after: Duration,
-    results: impl Iterator<Item = &'a AttemptResult>,
+    batch: &[Pending],
 ) -> Result<(), sqlx::Error> {
     let mut c = Columns::default();
-    for r in results {
+    for (r, _) in batch {
         c.push(r);
     }
     sqlx::query(RECORD)

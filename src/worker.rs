@@ -3,6 +3,8 @@
 //! shutdown (stop claiming, drain in-flight calls within a deadline, hand back
 //! unstarted claims).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,10 +106,13 @@ pub async fn run(
     tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker started");
 
     let stop = shutdown.clone();
-    let running = worker.run_until(async move {
+    // Boxed where its type is concrete: rustc cannot prove the apalis
+    // worker's future `Send` through the generic layers otherwise, and then
+    // no caller could spawn `run`.
+    let running: ApalisRun = Box::pin(worker.run_until(async move {
         stop.cancelled().await;
         Ok::<(), std::io::Error>(())
-    });
+    }));
     let deadline = async {
         shutdown.cancelled().await;
         tracing::info!("stopping: no new claims; waiting for requests in flight");
@@ -141,6 +146,7 @@ pub async fn run(
     result
 }
 
+type ApalisRun = Pin<Box<dyn Future<Output = Result<(), apalis_core::error::WorkerError>> + Send>>;
 /// The apalis handler: render, sign, send, decide, record.
 async fn handle(job: Job, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
     let d = &job.delivery;

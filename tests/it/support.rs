@@ -1,0 +1,339 @@
+//! Test support: a fresh database per test (cloned from a migrated template),
+//! the worker in-process or as the real binary, and domain fixtures.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clinic_webhooks::config::Settings;
+use clinic_webhooks::db;
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The server the tests create their databases on.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The admin URL with its database swapped (TEST_DATABASE_URL names one).
+fn url_for(database: &str) -> String {
+    let admin = admin_url();
+    let server = admin.rsplit_once('/').map_or(admin.as_str(), |(s, _)| s);
+    format!("{server}/{database}")
+}
+
+/// Template name changes whenever a migration changes.
+fn template_name() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("migrations dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    // FNV-1a over names and contents.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for f in files {
+        let bytes = std::fs::read(&f).expect("migration");
+        for b in f.file_name().expect("name").as_encoded_bytes().iter().chain(&bytes) {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("cw_template_{hash:016x}")
+}
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = template_name();
+            let mut admin = PgConnection::connect(&admin_url())
+                .await
+                .expect("connect to the test PostgreSQL (TEST_DATABASE_URL)");
+            // Several test processes may race to build it.
+            admin
+                .execute("SELECT pg_advisory_lock(7262811)")
+                .await
+                .expect("lock");
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            )
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .expect("query");
+            if !exists {
+                drop_stale_test_databases(&mut admin).await;
+                let building = format!("{name}_building");
+                admin
+                    .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {building}")))
+                    .await
+                    .expect("drop");
+                admin
+                    .execute(AssertSqlSafe(format!("CREATE DATABASE {building}")))
+                    .await
+                    .expect("create template");
+                let pool = db::connect(&url_for(&building), 2).await.expect("connect");
+                db::migrate(&pool).await.expect("migrate template");
+                pool.close().await;
+                admin
+                    .execute(AssertSqlSafe(format!("ALTER DATABASE {building} RENAME TO {name}")))
+                    .await
+                    .expect("rename");
+            }
+            admin
+                .execute("SELECT pg_advisory_unlock(7262811)")
+                .await
+                .expect("unlock");
+            name
+        })
+        .await
+}
+
+/// Old templates and test databases left by earlier runs (an hour or older).
+async fn drop_stale_test_databases(admin: &mut PgConnection) {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'cw\\_template\\_%' OR datname LIKE 'cw\\_test\\_%'",
+    )
+    .fetch_all(&mut *admin)
+    .await
+    .unwrap_or_default();
+    let now = unix_now();
+    for name in names {
+        let stale = match name.strip_prefix("cw_test_") {
+            Some(rest) => rest
+                .split('_')
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|t| t + 3600 < now),
+            None => true,
+        };
+        if stale {
+            let _ = admin
+                .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                .await;
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fresh, migrated database for one test; dropped with the test.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let template = template().await;
+        let name = format!("cw_test_{}_{:08x}", unix_now(), fastrand::u32(..));
+        let mut admin = PgConnection::connect(&admin_url()).await.expect("connect");
+        admin
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {template}")))
+            .await
+            .expect("create test database");
+        let url = url_for(&name);
+        let pool = db::connect(&url, 8).await.expect("connect test db");
+        Self { pool, url, name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Best effort, off the runtime: the test's runtime may be shutting down.
+        std::thread::spawn(move || {
+            let _ = Command::new("psql")
+                .args(["-X", "-q", "-d", &admin_url(), "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        });
+    }
+}
+
+/// Settings for tests: loopback allowed, short timeouts and retries.
+pub fn settings(extra: &[(&str, &str)]) -> Settings {
+    let mut env: Vec<(String, String)> = [
+        ("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true"),
+        ("CLINIC_WEBHOOKS__HTTP__TIMEOUT", "2s"),
+        ("CLINIC_WEBHOOKS__HTTP__CONNECT_TIMEOUT", "1s"),
+        ("CLINIC_WEBHOOKS__WORKER__LEASE", "8s"),
+        ("CLINIC_WEBHOOKS__WORKER__POLL_INTERVAL", "100ms"),
+        ("CLINIC_WEBHOOKS__WORKER__SHUTDOWN_TIMEOUT", "5s"),
+        ("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "200ms,200ms"),
+        ("CLINIC_WEBHOOKS__RETRY__JITTER", "0"),
+        ("CLINIC_WEBHOOKS__LOG__LEVEL", "warn"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::load(None, env).expect("test settings")
+}
+
+/// The worker running in this process until dropped (or `stop`ped).
+pub struct InProcessWorker {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl InProcessWorker {
+    pub fn start(db: &TestDb, settings: Settings) -> Self {
+        let stop = CancellationToken::new();
+        let pool = db.pool.clone();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            clinic_webhooks::worker::run(&settings, pool, token)
+                .await
+                .expect("worker ran");
+        });
+        Self {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("worker task");
+        }
+    }
+}
+
+impl Drop for InProcessWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The real binary, `clinic-webhooks run`, against a test database.
+pub fn spawn_binary(db: &TestDb, extra_env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clinic-webhooks"));
+    cmd.arg("run")
+        .env("DATABASE_URL", &db.url)
+        .env("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true")
+        .env("CLINIC_WEBHOOKS__WORKER__POLL_INTERVAL", "100ms")
+        .env("CLINIC_WEBHOOKS__LOG__LEVEL", "info")
+        .env_remove("RUST_LOG")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn clinic-webhooks")
+}
+
+/// Sends a signal with the system `kill` (no unsafe code in the tests either).
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// Waits for the child to exit, up to `timeout`.
+pub async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `query` (a scalar) until it equals `want`, or panics after `timeout`.
+pub async fn wait_for_scalar(pool: &PgPool, query: &'static str, want: i64, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got: i64 = sqlx::query_scalar(query)
+            .fetch_one(pool)
+            .await
+            .expect("poll query");
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {timeout:?} for `{query}` = {want}, last saw {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---- domain fixtures
+
+/// Clinic `code` with id `id`.
+pub async fn clinic(pool: &PgPool, id: i64, code: &str) {
+    sqlx::query("INSERT INTO clinic.clinics (id, code, name) VALUES ($1, $2, $2)")
+        .bind(id)
+        .bind(code)
+        .execute(pool)
+        .await
+        .expect("insert clinic");
+}
+
+pub async fn user(pool: &PgPool, id: i64, clinic_id: i64, role: &str, source: &str) {
+    sqlx::query("INSERT INTO clinic.users (id, clinic_id, role, source) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(clinic_id)
+        .bind(role)
+        .bind(source)
+        .execute(pool)
+        .await
+        .expect("insert user");
+}
+
+/// Adds an endpoint and returns its id.
+pub async fn endpoint(pool: &PgPool, clinic_id: i64, url: &str, version: &str) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO webhooks.endpoints (clinic_id, url, version) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(clinic_id)
+    .bind(url)
+    .bind(version)
+    .fetch_one(pool)
+    .await
+    .expect("insert endpoint")
+}
+
+pub async fn secret_of(pool: &PgPool, endpoint_id: i64) -> String {
+    sqlx::query_scalar("SELECT secret FROM webhooks.endpoints WHERE id = $1")
+        .bind(endpoint_id)
+        .fetch_one(pool)
+        .await
+        .expect("secret")
+}
+
+/// Inserts a visit with plain values; returns its id.
+pub async fn visit(pool: &PgPool, clinic_id: i64, member_id: i64) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)
+         VALUES ($1, $2, now(), now() + interval '15 minutes') RETURNING id",
+    )
+    .bind(clinic_id)
+    .bind(member_id)
+    .fetch_one(pool)
+    .await
+    .expect("insert visit")
+}
