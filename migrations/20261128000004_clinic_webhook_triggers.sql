@@ -37,8 +37,9 @@ CREATE TYPE webhooks.event_draft AS (
     snapshot  jsonb
 );
 
--- Records the events and one pending delivery per subscribed, enabled
--- endpoint of the event's clinic; wakes the workers if there is work.
+-- Records the events that at least one endpoint wants, and one pending
+-- delivery per subscribed, enabled endpoint of the event's clinic; wakes the
+-- workers if there is work. A change nobody subscribed to writes nothing.
 CREATE FUNCTION webhooks.enqueue(drafts webhooks.event_draft[]) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -47,20 +48,28 @@ BEGIN
     IF cardinality(drafts) = 0 THEN
         RETURN 0;
     END IF;
-    WITH ev AS (
-        INSERT INTO webhooks.events (type, clinic_id, subject, snapshot)
-        SELECT d.type, d.clinic_id, d.subject, d.snapshot
+    WITH draft AS MATERIALIZED (
+        SELECT gen_random_uuid() AS id, d.type, d.clinic_id, d.subject, d.snapshot, d.n
         FROM unnest(drafts) WITH ORDINALITY AS d (type, clinic_id, subject, snapshot, n)
-        ORDER BY d.n
-        RETURNING id, type, clinic_id, subject
+    ),
+    target AS MATERIALIZED (
+        SELECT d.id AS event_id, d.subject, d.n, e.id AS endpoint_id
+        FROM draft d
+        JOIN webhooks.endpoints e
+          ON e.clinic_id = d.clinic_id
+         AND e.enabled
+         AND (e.event_types IS NULL OR d.type = ANY (e.event_types))
+    ),
+    recorded AS (
+        INSERT INTO webhooks.events (id, type, clinic_id, subject, snapshot)
+        SELECT d.id, d.type, d.clinic_id, d.subject, d.snapshot
+        FROM draft d
+        WHERE d.id IN (SELECT t.event_id FROM target t)
     )
     INSERT INTO webhooks.deliveries (event_id, endpoint_id, subject)
-    SELECT ev.id, e.id, ev.subject
-    FROM ev
-    JOIN webhooks.endpoints e
-      ON e.clinic_id = ev.clinic_id
-     AND e.enabled
-     AND (e.event_types IS NULL OR ev.type = ANY (e.event_types));
+    SELECT t.event_id, t.endpoint_id, t.subject
+    FROM target t
+    ORDER BY t.n, t.endpoint_id;
     GET DIAGNOSTICS queued = ROW_COUNT;
     IF queued > 0 THEN
         PERFORM pg_notify('clinic_webhooks', '');

@@ -44,7 +44,7 @@ health AS (
                AS disable
       FROM (SELECT r.endpoint_id,
                    bool_or(r.outcome = 'succeeded') AS any_success,
-                   bool_or(r.response_status = 410) AS gone
+                   coalesce(bool_or(r.response_status = 410), false) AS gone
               FROM r
              GROUP BY r.endpoint_id) h
       JOIN webhooks.endpoints e ON e.id = h.endpoint_id
