@@ -44,9 +44,14 @@ CREATE TABLE webhooks.deliveries (
         CHECK ((state IN ('succeeded', 'failed')) = (finished_at IS NOT NULL))
 );
 
--- Claim: due deliveries of one endpoint, oldest due first.
-CREATE INDEX deliveries_pending_by_endpoint_due
-    ON webhooks.deliveries (endpoint_id, next_attempt_at, id) WHERE state = 'pending';
+-- Claim: due deliveries of one endpoint, oldest due first; first attempts
+-- and retries apart, so that retries cannot starve first attempts.
+CREATE INDEX deliveries_first_attempts_due
+    ON webhooks.deliveries (endpoint_id, next_attempt_at, id)
+    WHERE state = 'pending' AND attempts = retry_base;
+CREATE INDEX deliveries_retries_due
+    ON webhooks.deliveries (endpoint_id, next_attempt_at, id)
+    WHERE state = 'pending' AND attempts > retry_base;
 -- Lanes: is there an earlier unfinished delivery of this subject for this endpoint?
 CREATE INDEX deliveries_unfinished_by_lane
     ON webhooks.deliveries (endpoint_id, subject, id) WHERE state IN ('pending', 'delivering');
@@ -63,6 +68,8 @@ CREATE TYPE webhooks.attempt_outcome AS ENUM ('succeeded', 'retrying', 'failed',
 CREATE TABLE webhooks.attempts (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     delivery_id        bigint NOT NULL REFERENCES webhooks.deliveries (id) ON DELETE CASCADE,
+    -- Copied from the delivery, so the log of one endpoint is one index range.
+    endpoint_id        bigint NOT NULL,
     attempt            integer NOT NULL CONSTRAINT attempts_attempt_positive CHECK (attempt >= 1),
     started_at         timestamptz NOT NULL,
     duration_ms        double precision,
@@ -89,3 +96,4 @@ CREATE TABLE webhooks.attempts (
 );
 CREATE INDEX attempts_by_delivery ON webhooks.attempts (delivery_id, attempt);
 CREATE INDEX attempts_by_time ON webhooks.attempts (started_at);
+CREATE INDEX attempts_by_endpoint_time ON webhooks.attempts (endpoint_id, started_at);

@@ -17,8 +17,8 @@ pub struct EndpointStatus {
     pub enabled: bool,
     pub disabled_reason: Option<String>,
     pub pending: i64,
+    pub due_now: i64,
     pub delivering: i64,
-    pub succeeded: i64,
     pub failed: i64,
     pub oldest_pending_s: Option<i64>,
 }
@@ -30,22 +30,31 @@ pub async fn status(pool: &PgPool) -> Result<Vec<EndpointStatus>, sqlx::Error> {
 /// Renders `status` as a table for a terminal.
 pub fn format_status(rows: &[EndpointStatus]) -> String {
     let mut out = format!(
-        "{:>8} {:>7} {:>4} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}  {}\n",
-        "endpoint", "clinic", "ver", "enabled", "pending", "delivering", "succeeded", "failed",
-        "oldest(s)", "disabled reason"
+        "{:>8} {:>7} {:>4} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10}  {}\n",
+        "endpoint",
+        "clinic",
+        "ver",
+        "enabled",
+        "pending",
+        "due now",
+        "delivering",
+        "failed",
+        "oldest(s)",
+        "disabled reason"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:>8} {:>7} {:>4} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}  {}\n",
+            "{:>8} {:>7} {:>4} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10}  {}\n",
             r.endpoint_id,
             r.clinic_id,
             r.version,
             r.enabled,
             r.pending,
+            r.due_now,
             r.delivering,
-            r.succeeded,
             r.failed,
-            r.oldest_pending_s.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            r.oldest_pending_s
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             r.disabled_reason.as_deref().unwrap_or("")
         ));
     }
@@ -56,10 +65,16 @@ pub fn format_status(rows: &[EndpointStatus]) -> String {
 #[derive(Debug, Clone)]
 pub enum Redelivery {
     Delivery(i64),
-    Event { id: Uuid, endpoint: Option<i64> },
+    Event {
+        id: Uuid,
+        endpoint: Option<i64>,
+    },
     /// Everything that failed for an endpoint since a time, given as a
     /// PostgreSQL timestamptz literal (`2026-11-27 08:00+00`, `yesterday`).
-    Recover { endpoint: i64, since: String },
+    Recover {
+        endpoint: i64,
+        since: String,
+    },
 }
 
 /// Queues the redelivery and says what was queued.
@@ -81,7 +96,11 @@ pub async fn redeliver(pool: &PgPool, what: &Redelivery) -> Result<String, sqlx:
                 .bind(endpoint)
                 .fetch_all(pool)
                 .await?;
-            format!("event {id}: {} deliveries queued {:?}", queued.len(), queued)
+            format!(
+                "event {id}: {} deliveries queued {:?}",
+                queued.len(),
+                queued
+            )
         }
         Redelivery::Recover { endpoint, since } => {
             let n: i32 = sqlx::query_scalar(RECOVER_ENDPOINT)

@@ -7,7 +7,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::db::is_transient;
@@ -71,17 +73,21 @@ impl Recorder {
 
 /// Starts the recorder task; it ends when every `Recorder` is dropped and
 /// what was sent to it is written.
+/// After each write it wakes the claimer: a finished delivery may have
+/// unblocked the next event of its lane, or freed a bulkhead slot.
 pub fn spawn(
     pool: PgPool,
     worker: String,
     batch: usize,
     disable_after: Duration,
+    wake: Arc<Notify>,
 ) -> (Recorder, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Pending>(batch * 2);
     let task = tokio::spawn(async move {
         let mut pending = Vec::with_capacity(batch);
         while rx.recv_many(&mut pending, batch).await > 0 {
             write_with_retry(&pool, &worker, disable_after, &pending).await;
+            wake.notify_one();
             for (_, done) in pending.drain(..) {
                 // The handler may have been cancelled; nothing to tell it then.
                 let _ = done.send(());
@@ -94,12 +100,7 @@ pub fn spawn(
 /// Writes a batch, retrying transient errors until the database is back. A
 /// batch the database refuses for another reason is written row by row, so
 /// one bad row cannot take the others with it.
-async fn write_with_retry(
-    pool: &PgPool,
-    worker: &str,
-    disable_after: Duration,
-    batch: &[Pending],
-) {
+async fn write_with_retry(pool: &PgPool, worker: &str, disable_after: Duration, batch: &[Pending]) {
     let mut backoff = Duration::from_millis(50);
     loop {
         match write(pool, worker, disable_after, batch).await {
@@ -130,7 +131,8 @@ async fn write_with_retry(
 }
 
 fn epoch_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The parallel arrays of `record_attempts.sql`.
@@ -183,8 +185,7 @@ impl Columns {
             .push(call.failure.as_ref().map(|f| f.kind.as_str()));
         self.error
             .push(call.failure.as_ref().map(|f| f.message.clone()));
-        self.retry_in_s
-            .push(r.retry_in.map(|d| d.as_secs_f64()));
+        self.retry_in_s.push(r.retry_in.map(|d| d.as_secs_f64()));
     }
 }
 

@@ -52,11 +52,7 @@ pub fn worker_name(configured: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".to_owned());
-    format!(
-        "{host}-{}-{:04x}",
-        std::process::id(),
-        fastrand::u16(..)
-    )
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
 }
 
 /// Runs until `shutdown` is cancelled, then drains and returns.
@@ -67,13 +63,14 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let name = worker_name(&settings.worker.name);
     let sender = Sender::new(&settings.http)?;
+    let wake = Arc::new(Notify::new());
     let (recorder, recorder_task) = recorder::spawn(
         pool.clone(),
         name.clone(),
         settings.worker.record_batch,
         settings.health.disable_after,
+        wake.clone(),
     );
-    let wake = Arc::new(Notify::new());
     let background = CancellationToken::new();
     let listener = tokio::spawn(listen(pool.clone(), wake.clone(), background.clone()));
     let leases = tokio::spawn(recover_leases(
@@ -129,8 +126,13 @@ pub async fn run(
 
     match claimer.release_unstarted().await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(released = n, "handed back claimed deliveries that never started"),
-        Err(err) => tracing::warn!(error = %err, "could not hand back unstarted deliveries; their leases will expire"),
+        Ok(n) => tracing::info!(
+            released = n,
+            "handed back claimed deliveries that never started"
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not hand back unstarted deliveries; their leases will expire")
+        }
     }
     background.cancel();
     let _ = listener.await;
@@ -200,10 +202,7 @@ async fn handle(job: Job, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynErr
 
 /// Renders the body for the endpoint's version and sends it signed. An error
 /// here is ours (bad snapshot or secret), not the receiver's.
-async fn build_and_send(
-    sender: &Sender,
-    d: &queue::ClaimedDelivery,
-) -> Result<CallRecord, String> {
+async fn build_and_send(sender: &Sender, d: &queue::ClaimedDelivery) -> Result<CallRecord, String> {
     let version = Version::parse(&d.version).map_err(|e| e.to_string())?;
     let body = payload::render(
         &EventRef {

@@ -5,6 +5,7 @@
 --   endpoint's backlog cannot take the whole batch.
 -- * Bulkheads: an endpoint gets at most max_in_flight deliveries in flight,
 --   counted across every worker process.
+-- * First attempts are picked before retries (see `picked`).
 -- * Lanes: on an ordered endpoint, only the oldest unfinished delivery of a
 --   subject (a visit, a user) is due; later ones wait until it succeeds or
 --   finally fails.
@@ -26,25 +27,50 @@ WITH endpoint_slots AS (
      ORDER BY random()
 ),
 picked AS (
-    SELECT d.id
+    SELECT p.id
       FROM endpoint_slots s
      CROSS JOIN LATERAL (
-            SELECT d.id
-              FROM webhooks.deliveries d
-             WHERE d.endpoint_id = s.id
-               AND d.state = 'pending'
-               AND d.next_attempt_at <= now()
-               AND (NOT s.ordered OR NOT EXISTS (
-                        SELECT 1
-                          FROM webhooks.deliveries earlier
-                         WHERE earlier.endpoint_id = d.endpoint_id
-                           AND earlier.subject = d.subject
-                           AND earlier.id < d.id
-                           AND earlier.state IN ('pending', 'delivering')))
-             ORDER BY d.next_attempt_at, d.id
-             LIMIT greatest(s.free, 0)
-               FOR UPDATE SKIP LOCKED
-           ) d
+            -- First attempts before retries, so a backlog of failing
+            -- deliveries cannot starve fresh events of the same endpoint.
+            SELECT f.id FROM (
+                SELECT d.id
+                  FROM webhooks.deliveries d
+                 WHERE d.endpoint_id = s.id
+                   AND d.state = 'pending'
+                   AND d.attempts = d.retry_base
+                   AND d.next_attempt_at <= now()
+                   AND (NOT s.ordered OR NOT EXISTS (
+                            SELECT 1
+                              FROM webhooks.deliveries earlier
+                             WHERE earlier.endpoint_id = d.endpoint_id
+                               AND earlier.subject = d.subject
+                               AND earlier.id < d.id
+                               AND earlier.state IN ('pending', 'delivering')))
+                 ORDER BY d.next_attempt_at, d.id
+                 LIMIT greatest(s.free, 0)
+                   FOR UPDATE SKIP LOCKED
+            ) f
+            UNION ALL
+            SELECT r.id FROM (
+                SELECT d.id
+                  FROM webhooks.deliveries d
+                 WHERE d.endpoint_id = s.id
+                   AND d.state = 'pending'
+                   AND d.attempts > d.retry_base
+                   AND d.next_attempt_at <= now()
+                   AND (NOT s.ordered OR NOT EXISTS (
+                            SELECT 1
+                              FROM webhooks.deliveries earlier
+                             WHERE earlier.endpoint_id = d.endpoint_id
+                               AND earlier.subject = d.subject
+                               AND earlier.id < d.id
+                               AND earlier.state IN ('pending', 'delivering')))
+                 ORDER BY d.next_attempt_at, d.id
+                 LIMIT greatest(s.free, 0)
+                   FOR UPDATE SKIP LOCKED
+            ) r
+            LIMIT greatest(s.free, 0)
+           ) p
      LIMIT $1
 ),
 claimed AS (

@@ -73,10 +73,10 @@ failing AS (
        AND (h.gone OR (NOT h.any_success AND (e.failing_since IS NULL OR h.disable)))
 )
 INSERT INTO webhooks.attempts (
-    delivery_id, attempt, started_at, duration_ms, url,
+    delivery_id, endpoint_id, attempt, started_at, duration_ms, url,
     request_headers, request_body, response_status, response_headers, response_body,
     response_truncated, outcome, error_kind, error, next_attempt_at, worker)
-SELECT r.delivery_id, r.attempt, to_timestamp(r.started_at), r.duration_ms, r.url,
+SELECT r.delivery_id, r.endpoint_id, r.attempt, to_timestamp(r.started_at), r.duration_ms, r.url,
        r.request_headers::jsonb, r.request_body, r.response_status, r.response_headers::jsonb,
        r.response_body, r.response_truncated, r.outcome::webhooks.attempt_outcome,
        r.error_kind, r.error,

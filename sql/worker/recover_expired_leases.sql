@@ -19,9 +19,9 @@ reset AS (
      WHERE d.id = x.id
 ),
 logged AS (
-    INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, url, outcome,
+    INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, url, outcome,
                                    error_kind, error, next_attempt_at, worker)
-    SELECT x.id, x.attempts, now(), e.url, 'abandoned', 'lease_expired',
+    SELECT x.id, x.endpoint_id, x.attempts, now(), e.url, 'abandoned', 'lease_expired',
            'worker ' || coalesce(x.leased_by, '?')
                || ' did not report this attempt before its lease expired; it is sent again',
            now(), x.leased_by

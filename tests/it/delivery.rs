@@ -65,7 +65,9 @@ const FINISHED: &str =
 async fn a_visit_reaches_v1_and_v2_endpoints_signed_and_logged() {
     let db = TestDb::new().await;
     let receiver = Receiver::start(Arc::new(|_, _| {
-        Reply::status(200).header("x-receiver", "yes").body("thanks")
+        Reply::status(200)
+            .header("x-receiver", "yes")
+            .body("thanks")
     }))
     .await
     .expect("receiver");
@@ -77,12 +79,19 @@ async fn a_visit_reaches_v1_and_v2_endpoints_signed_and_logged() {
 
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 2);
-    let ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id").expect("id")).collect();
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.header("webhook-id").expect("id"))
+        .collect();
     assert_eq!(ids[0], ids[1], "one event id for every endpoint");
     for r in &got {
         let endpoint = if r.path == "/v1" { v1 } else { v2 };
         assert_eq!(r.header("content-type"), Some("application/json"));
-        assert!(r.header("user-agent").expect("ua").starts_with("clinic-webhooks/"));
+        assert!(
+            r.header("user-agent")
+                .expect("ua")
+                .starts_with("clinic-webhooks/")
+        );
         let ts = r.header("webhook-timestamp").expect("timestamp");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -109,8 +118,10 @@ async fn a_visit_reaches_v1_and_v2_endpoints_signed_and_logged() {
     .await
     .expect("detail");
     assert_eq!(rows.len(), 2);
-    for (i, (event_type, clinic_code, status, outcome, req_headers, req_body, resp_headers, resp_body)) in
-        rows.into_iter().enumerate()
+    for (
+        i,
+        (event_type, clinic_code, status, outcome, req_headers, req_body, resp_headers, resp_body),
+    ) in rows.into_iter().enumerate()
     {
         let sent = got
             .iter()
@@ -150,8 +161,14 @@ async fn retryable_failures_are_retried_with_the_same_webhook_id() {
 
     let got = receiver.requests();
     assert_eq!(got.len(), 3);
-    assert!(got.iter().all(|r| r.header("webhook-id") == got[0].header("webhook-id")));
-    assert!(got.iter().all(|r| r.body == got[0].body), "a retry sends the same body");
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id") == got[0].header("webhook-id"))
+    );
+    assert!(
+        got.iter().all(|r| r.body == got[0].body),
+        "a retry sends the same body"
+    );
     let rows = log_rows(&db.pool).await;
     assert_eq!(rows.len(), 3);
     assert_eq!((rows[0].attempt, rows[0].outcome.as_str()), (1, "retrying"));
@@ -161,12 +178,18 @@ async fn retryable_failures_are_retried_with_the_same_webhook_id() {
     assert!((0.15..0.5).contains(&delay), "schedule delay {delay}");
     assert_eq!((rows[1].attempt, rows[1].outcome.as_str()), (2, "retrying"));
     let delay = rows[1].retry_delay_s.expect("next attempt time");
-    assert!((0.95..1.5).contains(&delay), "Retry-After honoured: {delay}");
+    assert!(
+        (0.95..1.5).contains(&delay),
+        "Retry-After honoured: {delay}"
+    );
     assert!(
         got[2].at.duration_since(got[1].at) >= Duration::from_millis(900),
         "the third call waited for Retry-After"
     );
-    assert_eq!((rows[2].attempt, rows[2].outcome.as_str()), (3, "succeeded"));
+    assert_eq!(
+        (rows[2].attempt, rows[2].outcome.as_str()),
+        (3, "succeeded")
+    );
     assert_eq!(rows[2].delivery_state, "succeeded");
     worker.stop().await;
 }
@@ -212,14 +235,26 @@ async fn the_last_attempt_fails_for_good_and_other_4xx_are_final() {
     // A redirect is not followed, and is final.
     assert_eq!(
         outcomes(moved).await,
-        [("failed".to_owned(), Some("redirect".to_owned()), "failed".to_owned())]
+        [(
+            "failed".to_owned(),
+            Some("redirect".to_owned()),
+            "failed".to_owned()
+        )]
     );
     assert_eq!(
         outcomes(bad).await,
-        [("failed".to_owned(), Some("status".to_owned()), "failed".to_owned())]
+        [(
+            "failed".to_owned(),
+            Some("status".to_owned()),
+            "failed".to_owned()
+        )]
     );
     assert_eq!(
-        receiver.requests().iter().filter(|r| r.path == "/elsewhere").count(),
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/elsewhere")
+            .count(),
         0
     );
     worker.stop().await;
@@ -241,7 +276,13 @@ async fn timeouts_and_dead_ports_are_retryable_with_machine_readable_kinds() {
         .port();
     setup_clinic(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/slow"), "2.0").await;
-    support::endpoint(&db.pool, 1, &format!("http://127.0.0.1:{dead_port}/gone"), "2.0").await;
+    support::endpoint(
+        &db.pool,
+        1,
+        &format!("http://127.0.0.1:{dead_port}/gone"),
+        "2.0",
+    )
+    .await;
     let worker = InProcessWorker::start(
         &db,
         support::settings(&[("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "1h")]),
@@ -277,8 +318,19 @@ async fn private_targets_are_refused_unless_allowed() {
     let receiver = Receiver::ok().await.expect("receiver");
     setup_clinic(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/literal"), "2.0").await;
-    let port = receiver.url("").rsplit(':').next().expect("port").to_owned();
-    support::endpoint(&db.pool, 1, &format!("http://localhost:{port}/named"), "2.0").await;
+    let port = receiver
+        .url("")
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_owned();
+    support::endpoint(
+        &db.pool,
+        1,
+        &format!("http://localhost:{port}/named"),
+        "2.0",
+    )
+    .await;
     let worker = InProcessWorker::start(
         &db,
         support::settings(&[("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "false")]),
@@ -290,7 +342,13 @@ async fn private_targets_are_refused_unless_allowed() {
     for row in &rows {
         assert_eq!(row.outcome, "failed");
         assert_eq!(row.error_kind.as_deref(), Some("refused_target"));
-        assert!(row.error.as_deref().unwrap_or("").contains("allow_private_targets"), "{row:?}");
+        assert!(
+            row.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("allow_private_targets"),
+            "{row:?}"
+        );
     }
     assert_eq!(receiver.count(), 0, "nothing reached the private address");
     worker.stop().await;
@@ -299,9 +357,11 @@ async fn private_targets_are_refused_unless_allowed() {
 #[tokio::test]
 async fn large_response_bodies_are_truncated_in_the_log() {
     let db = TestDb::new().await;
-    let receiver = Receiver::start(Arc::new(|_, _| Reply::status(200).body("x".repeat(200_000))))
-        .await
-        .expect("receiver");
+    let receiver = Receiver::start(Arc::new(|_, _| {
+        Reply::status(200).body("x".repeat(200_000))
+    }))
+    .await
+    .expect("receiver");
     setup_clinic(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/big"), "2.0").await;
     let worker = InProcessWorker::start(
@@ -316,6 +376,9 @@ async fn large_response_bodies_are_truncated_in_the_log() {
     .fetch_one(&db.pool)
     .await
     .expect("attempt");
-    assert_eq!((len, truncated, outcome.as_str()), (1000, true, "succeeded"));
+    assert_eq!(
+        (len, truncated, outcome.as_str()),
+        (1000, true, "succeeded")
+    );
     worker.stop().await;
 }

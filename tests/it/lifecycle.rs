@@ -105,10 +105,14 @@ async fn sigkill_mid_delivery_loses_nothing() {
 
     // Every event arrived again, with the same webhook-id as the lost call.
     let all = receiver.requests();
-    let first_ids: std::collections::BTreeSet<_> =
-        all[..10].iter().map(|r| r.header("webhook-id").map(str::to_owned)).collect();
-    let again: std::collections::BTreeSet<_> =
-        all[10..].iter().map(|r| r.header("webhook-id").map(str::to_owned)).collect();
+    let first_ids: std::collections::BTreeSet<_> = all[..10]
+        .iter()
+        .map(|r| r.header("webhook-id").map(str::to_owned))
+        .collect();
+    let again: std::collections::BTreeSet<_> = all[10..]
+        .iter()
+        .map(|r| r.header("webhook-id").map(str::to_owned))
+        .collect();
     assert_eq!(first_ids.len(), 10);
     assert_eq!(first_ids, again);
     // The log tells the story: the lost attempt, then the successful one.
@@ -147,13 +151,26 @@ async fn the_embedded_default_needs_no_database_configuration() {
     };
     let out = run(&["migrate"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("using the embedded PostgreSQL"), "{stdout}");
-    assert!(stdout.contains(&format!("psql -h 127.0.0.1 -p {port} -U postgres clinic_webhooks")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "psql -h 127.0.0.1 -p {port} -U postgres clinic_webhooks"
+        )),
+        "{stdout}"
+    );
     assert!(dir.join(".clinic-webhooks/postgres/PG_VERSION").exists());
     // Reused on the next command, and stopped again after it.
     let out = run(&["status"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("endpoint"));
     let _ = std::fs::remove_dir_all(&dir);
 }

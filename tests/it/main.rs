@@ -4,5 +4,6 @@
 mod delivery;
 mod lifecycle;
 mod payloads;
+mod semantics;
 mod support;
 mod triggers;

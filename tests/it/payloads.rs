@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use clinic_webhooks::receiver::{Receiver, Received};
+use clinic_webhooks::receiver::{Received, Receiver};
 
 use crate::support::{self, InProcessWorker, TestDb};
 
@@ -17,8 +17,15 @@ fn normalize(r: &Received) -> String {
     let body = std::str::from_utf8(&r.body).expect("utf8 body");
     let id_at = body.find(r#""id":""#).expect("id") + 6;
     let id = &body[id_at..id_at + 36];
-    assert_eq!(Some(id), r.header("webhook-id"), "body id is the webhook-id");
-    assert!(uuid::Uuid::parse_str(id).is_ok(), "event id is a UUID: {id}");
+    assert_eq!(
+        Some(id),
+        r.header("webhook-id"),
+        "body id is the webhook-id"
+    );
+    assert!(
+        uuid::Uuid::parse_str(id).is_ok(),
+        "event id is a UUID: {id}"
+    );
     let created_at = body.find(r#""created":"#).expect("created") + 10;
     let digits: String = body[created_at..]
         .chars()
@@ -29,9 +36,15 @@ fn normalize(r: &Received) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64;
-    assert!((now - created).abs() < 600, "created {created} is the event time");
-    body.replacen(id, SEED_ID, 1)
-        .replacen(&format!(r#""created":{digits}"#), &format!(r#""created":{SEED_CREATED}"#), 1)
+    assert!(
+        (now - created).abs() < 600,
+        "created {created} is the event time"
+    );
+    body.replacen(id, SEED_ID, 1).replacen(
+        &format!(r#""created":{digits}"#),
+        &format!(r#""created":{SEED_CREATED}"#),
+        1,
+    )
 }
 
 struct Setup {
@@ -79,7 +92,8 @@ impl Setup {
     }
 }
 
-const INSERT_SEED_VISIT: &str = "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at, status)
+const INSERT_SEED_VISIT: &str =
+    "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at, status)
      VALUES (28540, 1, 60610, to_timestamp(1546950546), to_timestamp(1546951446), 10)";
 
 #[tokio::test]
@@ -134,8 +148,10 @@ async fn completed_seed_visit(s: &Setup) {
 async fn visit_note_signed_and_sent_matches_the_seed() {
     let s = setup().await;
     completed_seed_visit(&s).await;
-    s.exec("INSERT INTO clinic.visit_notes (id, visit_id, status) VALUES (77, 28540, 'draft')").await;
-    s.exec("UPDATE clinic.visit_notes SET status = 'signed' WHERE id = 77").await;
+    s.exec("INSERT INTO clinic.visit_notes (id, visit_id, status) VALUES (77, 28540, 'draft')")
+        .await;
+    s.exec("UPDATE clinic.visit_notes SET status = 'signed' WHERE id = 77")
+        .await;
     let (v1, v2) = s.bodies(2).await;
     assert_eq!(
         v1,
@@ -152,8 +168,11 @@ async fn visit_note_signed_and_sent_matches_the_seed() {
 async fn visit_invoice_processed_matches_the_seed() {
     let s = setup().await;
     completed_seed_visit(&s).await;
-    s.exec("INSERT INTO clinic.invoices (id, visit_id, status, amount_due, amount_paid, currency)
-            VALUES (132, 28540, 'pending', 2500, 1500, 'USD')").await;
+    s.exec(
+        "INSERT INTO clinic.invoices (id, visit_id, status, amount_due, amount_paid, currency)
+            VALUES (132, 28540, 'pending', 2500, 1500, 'USD')",
+    )
+    .await;
     let (v1, v2) = s.bodies(2).await;
     assert_eq!(
         v1,
@@ -165,7 +184,8 @@ async fn visit_invoice_processed_matches_the_seed() {
     );
 
     // Paid in full: a payload field changed, so it fires again.
-    s.exec("UPDATE clinic.invoices SET status = 'paid', amount_paid = 2500 WHERE id = 132").await;
+    s.exec("UPDATE clinic.invoices SET status = 'paid', amount_paid = 2500 WHERE id = 132")
+        .await;
     let (_, v2) = s.bodies(3).await;
     assert!(v2.contains(r#""invoice":{"id":"132","status":"paid","amount_due":2500,"amount_paid":2500,"currency":"USD"}"#), "{v2}");
     s.worker.stop().await;

@@ -38,7 +38,13 @@ fn template_name() -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for f in files {
         let bytes = std::fs::read(&f).expect("migration");
-        for b in f.file_name().expect("name").as_encoded_bytes().iter().chain(&bytes) {
+        for b in f
+            .file_name()
+            .expect("name")
+            .as_encoded_bytes()
+            .iter()
+            .chain(&bytes)
+        {
             hash ^= u64::from(*b);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
@@ -60,13 +66,12 @@ async fn template() -> &'static str {
                 .execute("SELECT pg_advisory_lock(7262811)")
                 .await
                 .expect("lock");
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-            )
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await
-            .expect("query");
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut admin)
+                    .await
+                    .expect("query");
             if !exists {
                 drop_stale_test_databases(&mut admin).await;
                 let building = format!("{name}_building");
@@ -82,7 +87,9 @@ async fn template() -> &'static str {
                 db::migrate(&pool).await.expect("migrate template");
                 pool.close().await;
                 admin
-                    .execute(AssertSqlSafe(format!("ALTER DATABASE {building} RENAME TO {name}")))
+                    .execute(AssertSqlSafe(format!(
+                        "ALTER DATABASE {building} RENAME TO {name}"
+                    )))
                     .await
                     .expect("rename");
             }
@@ -115,7 +122,9 @@ async fn drop_stale_test_databases(admin: &mut PgConnection) {
         };
         if stale {
             let _ = admin
-                .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                .execute(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
                 .await;
         }
     }
@@ -140,7 +149,9 @@ impl TestDb {
         let name = format!("cw_test_{}_{:08x}", unix_now(), fastrand::u32(..));
         let mut admin = PgConnection::connect(&admin_url()).await.expect("connect");
         admin
-            .execute(AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {template}")))
+            .execute(AssertSqlSafe(format!(
+                "CREATE DATABASE {name} TEMPLATE {template}"
+            )))
             .await
             .expect("create test database");
         let url = url_for(&name);

@@ -38,11 +38,23 @@ async fn visit_updates_fire_updated_ended_or_nothing() {
     assert_eq!(event_types(p).await, ["visit.created"]);
     // Reschedule and start: visit.updated each.
     exec(p, "UPDATE clinic.visits SET start_at = start_at + interval '1 day', end_at = end_at + interval '1 day' WHERE id = 1").await;
-    exec(p, "UPDATE clinic.visits SET status = 30, actual_start = now() WHERE id = 1").await;
+    exec(
+        p,
+        "UPDATE clinic.visits SET status = 30, actual_start = now() WHERE id = 1",
+    )
+    .await;
     // Completed: visit.ended, not visit.updated.
-    exec(p, "UPDATE clinic.visits SET status = 50, actual_end = now() WHERE id = 1").await;
+    exec(
+        p,
+        "UPDATE clinic.visits SET status = 50, actual_end = now() WHERE id = 1",
+    )
+    .await;
     // A correction after the end is an update again.
-    exec(p, "UPDATE clinic.visits SET status_updated_by = 10 WHERE id = 1").await;
+    exec(
+        p,
+        "UPDATE clinic.visits SET status_updated_by = 10 WHERE id = 1",
+    )
+    .await;
     let types: Vec<String> = sqlx::query_scalar(
         "SELECT e.type FROM webhooks.events e JOIN webhooks.deliveries d ON d.event_id = e.id ORDER BY d.id",
     )
@@ -51,7 +63,13 @@ async fn visit_updates_fire_updated_ended_or_nothing() {
     .expect("types");
     assert_eq!(
         types,
-        ["visit.created", "visit.updated", "visit.updated", "visit.ended", "visit.updated"]
+        [
+            "visit.created",
+            "visit.updated",
+            "visit.updated",
+            "visit.ended",
+            "visit.updated"
+        ]
     );
 }
 
@@ -64,24 +82,64 @@ async fn notes_fire_once_when_signed_and_invoices_on_payload_changes() {
     exec(p, "DELETE FROM webhooks.deliveries").await;
     exec(p, "DELETE FROM webhooks.events").await;
     exec(p, "INSERT INTO clinic.visit_notes (id, visit_id, status) VALUES (1, 1, 'new'), (2, 1, 'signed')").await;
-    exec(p, "UPDATE clinic.visit_notes SET status = 'draft' WHERE id = 1").await;
-    exec(p, "UPDATE clinic.visit_notes SET status = 'signed' WHERE id = 1").await;
-    exec(p, "UPDATE clinic.visit_notes SET body = 'addendum' WHERE id = 1").await;
+    exec(
+        p,
+        "UPDATE clinic.visit_notes SET status = 'draft' WHERE id = 1",
+    )
+    .await;
+    exec(
+        p,
+        "UPDATE clinic.visit_notes SET status = 'signed' WHERE id = 1",
+    )
+    .await;
+    exec(
+        p,
+        "UPDATE clinic.visit_notes SET body = 'addendum' WHERE id = 1",
+    )
+    .await;
     assert_eq!(
-        count(p, "SELECT count(*) FROM webhooks.events WHERE type = 'visit.note.signed_and_sent'").await,
+        count(
+            p,
+            "SELECT count(*) FROM webhooks.events WHERE type = 'visit.note.signed_and_sent'"
+        )
+        .await,
         2
     );
-    exec(p, "INSERT INTO clinic.invoices (id, visit_id, amount_due) VALUES (1, 1, 2500)").await;
-    exec(p, "UPDATE clinic.invoices SET status = 'processing' WHERE id = 1").await;
-    exec(p, "UPDATE clinic.invoices SET status = 'processing' WHERE id = 1").await;
-    exec(p, "UPDATE clinic.invoices SET amount_paid = 2500, status = 'paid' WHERE id = 1").await;
+    exec(
+        p,
+        "INSERT INTO clinic.invoices (id, visit_id, amount_due) VALUES (1, 1, 2500)",
+    )
+    .await;
+    exec(
+        p,
+        "UPDATE clinic.invoices SET status = 'processing' WHERE id = 1",
+    )
+    .await;
+    exec(
+        p,
+        "UPDATE clinic.invoices SET status = 'processing' WHERE id = 1",
+    )
+    .await;
+    exec(
+        p,
+        "UPDATE clinic.invoices SET amount_paid = 2500, status = 'paid' WHERE id = 1",
+    )
+    .await;
     assert_eq!(
-        count(p, "SELECT count(*) FROM webhooks.events WHERE type = 'visit.invoice.processed'").await,
+        count(
+            p,
+            "SELECT count(*) FROM webhooks.events WHERE type = 'visit.invoice.processed'"
+        )
+        .await,
         3
     );
     // Notes and invoices share their visit's lane.
     assert_eq!(
-        count(p, "SELECT count(*) FROM webhooks.deliveries WHERE subject <> 'visit:1'").await,
+        count(
+            p,
+            "SELECT count(*) FROM webhooks.deliveries WHERE subject <> 'visit:1'"
+        )
+        .await,
         0
     );
 }
@@ -101,7 +159,11 @@ async fn fan_out_honours_clinic_subscription_and_enabled() {
     .await
     .expect("endpoint");
     let disabled = support::endpoint(p, 1, "https://c.example.com/", "2.0").await;
-    exec(p, "UPDATE webhooks.endpoints SET enabled = false WHERE url = 'https://c.example.com/'").await;
+    exec(
+        p,
+        "UPDATE webhooks.endpoints SET enabled = false WHERE url = 'https://c.example.com/'",
+    )
+    .await;
     let other_clinic = support::endpoint(p, 2, "https://d.example.com/", "2.0").await;
 
     support::user(p, 10, 1, "patient", "calendar").await;
@@ -118,7 +180,10 @@ async fn fan_out_honours_clinic_subscription_and_enabled() {
         .await
         .expect("deliveries")
     };
-    assert_eq!(per_endpoint(all).await, ["user.created", "visit.created", "visit.ended"]);
+    assert_eq!(
+        per_endpoint(all).await,
+        ["user.created", "visit.created", "visit.ended"]
+    );
     assert_eq!(per_endpoint(only_ended).await, ["visit.ended"]);
     assert!(per_endpoint(disabled).await.is_empty());
     assert!(per_endpoint(other_clinic).await.is_empty());
@@ -128,7 +193,10 @@ async fn fan_out_honours_clinic_subscription_and_enabled() {
             .fetch_one(p)
             .await
             .expect("reason");
-    assert_eq!(disabled_reason.as_deref(), Some("disabled by an administrator"));
+    assert_eq!(
+        disabled_reason.as_deref(),
+        Some("disabled by an administrator")
+    );
 }
 
 #[tokio::test]
@@ -142,19 +210,59 @@ async fn no_commit_no_webhook_and_bulk_writes_enqueue_every_row() {
         .await
         .expect("insert");
     tx.rollback().await.expect("rollback");
-    assert_eq!(count(p, "SELECT count(*) FROM webhooks.events WHERE type LIKE 'visit.%'").await, 0);
-
-    exec(p, "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)
-             SELECT 1, 10, now(), now() FROM generate_series(1, 1000)").await;
-    assert_eq!(count(p, "SELECT count(*) FROM webhooks.events WHERE type = 'visit.created'").await, 1000);
     assert_eq!(
-        count(p, "SELECT count(DISTINCT subject) FROM webhooks.deliveries WHERE subject LIKE 'visit:%'").await,
+        count(
+            p,
+            "SELECT count(*) FROM webhooks.events WHERE type LIKE 'visit.%'"
+        )
+        .await,
+        0
+    );
+
+    exec(
+        p,
+        "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)
+             SELECT 1, 10, now(), now() FROM generate_series(1, 1000)",
+    )
+    .await;
+    assert_eq!(
+        count(
+            p,
+            "SELECT count(*) FROM webhooks.events WHERE type = 'visit.created'"
+        )
+        .await,
+        1000
+    );
+    assert_eq!(
+        count(
+            p,
+            "SELECT count(DISTINCT subject) FROM webhooks.deliveries WHERE subject LIKE 'visit:%'"
+        )
+        .await,
         1000
     );
     // One statement updating many rows: one event per changed row only.
-    exec(p, "UPDATE clinic.visits SET status = CASE WHEN id % 2 = 0 THEN 50 ELSE status END").await;
-    assert_eq!(count(p, "SELECT count(*) FROM webhooks.events WHERE type = 'visit.ended'").await, 500);
-    assert_eq!(count(p, "SELECT count(*) FROM webhooks.events WHERE type = 'visit.updated'").await, 0);
+    exec(
+        p,
+        "UPDATE clinic.visits SET status = CASE WHEN id % 2 = 0 THEN 50 ELSE status END",
+    )
+    .await;
+    assert_eq!(
+        count(
+            p,
+            "SELECT count(*) FROM webhooks.events WHERE type = 'visit.ended'"
+        )
+        .await,
+        500
+    );
+    assert_eq!(
+        count(
+            p,
+            "SELECT count(*) FROM webhooks.events WHERE type = 'visit.updated'"
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -168,29 +276,44 @@ async fn bad_endpoint_rows_are_refused_with_clear_messages() {
             Err(e) => e.to_string(),
         }
     };
-    let err = refused("INSERT INTO webhooks.endpoints (clinic_id, url) VALUES (1, 'not a url')").await;
-    assert!(err.contains("url must be an absolute http:// or https:// URL"), "{err}");
-    let err = refused("INSERT INTO webhooks.endpoints (clinic_id, url) VALUES (1, 'ftp://x.example.com/')").await;
+    let err =
+        refused("INSERT INTO webhooks.endpoints (clinic_id, url) VALUES (1, 'not a url')").await;
+    assert!(
+        err.contains("url must be an absolute http:// or https:// URL"),
+        "{err}"
+    );
+    let err = refused(
+        "INSERT INTO webhooks.endpoints (clinic_id, url) VALUES (1, 'ftp://x.example.com/')",
+    )
+    .await;
     assert!(err.contains("url must be"), "{err}");
     let err = refused("INSERT INTO webhooks.endpoints (clinic_id, url, version) VALUES (1, 'https://x.example.com/', '3.0')").await;
     assert!(err.contains("version must be '1.0' or '2.0'"), "{err}");
     let err = refused("INSERT INTO webhooks.endpoints (clinic_id, url, event_types) VALUES (1, 'https://x.example.com/', ARRAY['visit.ended', 'visit.exploded'])").await;
-    assert!(err.contains("unknown event type(s) {visit.exploded}"), "{err}");
+    assert!(
+        err.contains("unknown event type(s) {visit.exploded}"),
+        "{err}"
+    );
     let err = refused("INSERT INTO webhooks.endpoints (clinic_id, url, secret) VALUES (1, 'https://x.example.com/', 'hunter2')").await;
     assert!(err.contains("secret must be 'whsec_'"), "{err}");
-    assert!(!err.contains("hunter2"), "the secret is never echoed: {err}");
-    let err = refused("INSERT INTO webhooks.endpoints (clinic_id, url) VALUES (99, 'https://x.example.com/')").await;
+    assert!(
+        !err.contains("hunter2"),
+        "the secret is never echoed: {err}"
+    );
+    let err = refused(
+        "INSERT INTO webhooks.endpoints (clinic_id, url) VALUES (99, 'https://x.example.com/')",
+    )
+    .await;
     assert!(err.contains("foreign key"), "{err}");
 
     // Defaults: v2, all events, a generated Standard Webhooks secret.
     let id = support::endpoint(p, 1, "https://ok.example.com/hook?x=1", "2.0").await;
-    let (version, types, secret): (String, Option<Vec<String>>, String) = sqlx::query_as(
-        "SELECT version, event_types, secret FROM webhooks.endpoints WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(p)
-    .await
-    .expect("row");
+    let (version, types, secret): (String, Option<Vec<String>>, String) =
+        sqlx::query_as("SELECT version, event_types, secret FROM webhooks.endpoints WHERE id = $1")
+            .bind(id)
+            .fetch_one(p)
+            .await
+            .expect("row");
     assert_eq!(version, "2.0");
     assert!(types.is_none());
     assert!(secret.starts_with("whsec_"), "{secret}");
@@ -202,8 +325,12 @@ async fn migrate_twice_is_a_no_op_and_touches_only_our_schemas() {
     let db = TestDb::new().await;
     let p = &db.pool;
     exec(p, "CREATE TABLE public.app_table (id int)").await;
-    clinic_webhooks::db::migrate(p).await.expect("second migrate");
-    clinic_webhooks::db::migrate(p).await.expect("third migrate");
+    clinic_webhooks::db::migrate(p)
+        .await
+        .expect("second migrate");
+    clinic_webhooks::db::migrate(p)
+        .await
+        .expect("third migrate");
     let schemas: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT table_schema::text FROM information_schema.tables
          WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
@@ -213,7 +340,11 @@ async fn migrate_twice_is_a_no_op_and_touches_only_our_schemas() {
     .expect("schemas");
     assert_eq!(schemas, ["clinic", "public", "webhooks"]);
     assert_eq!(
-        count(p, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").await,
+        count(
+            p,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        .await,
         1,
         "only the app's own table is in public"
     );

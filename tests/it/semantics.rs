@@ -1,0 +1,271 @@
+//! Delivery semantics: a durable retry schedule, ordered lanes, bulkheads,
+//! fairness between first attempts and retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clinic_webhooks::receiver::{Received, Receiver, Reply};
+use sqlx::PgPool;
+
+use crate::support::{self, InProcessWorker, TestDb};
+
+async fn setup_clinic(pool: &PgPool) {
+    support::clinic(pool, 1, "c1").await;
+    support::user(pool, 10, 1, "patient", "signup").await;
+}
+
+/// `type` and `data.id` of a received v2 body.
+fn what(r: &Received) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    (
+        v["type"].as_str().expect("type").to_owned(),
+        v["data"]["id"].as_str().expect("id").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_retry_schedule_survives_a_restart_of_every_worker() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start(Arc::new(|_, _| Reply::status(503)))
+        .await
+        .expect("receiver");
+    setup_clinic(&db.pool).await;
+    support::endpoint(&db.pool, 1, &receiver.url("/down"), "2.0").await;
+    let long = [("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "1h,2h")];
+    let worker = InProcessWorker::start(&db, support::settings(&long));
+    support::visit(&db.pool, 1, 10).await;
+    support::wait_for_scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.deliveries WHERE state = 'pending' AND attempts = 1",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.stop().await;
+    let due_before: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_attempt_at)::float8 FROM webhooks.deliveries",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("due");
+
+    // A new worker neither resends early nor forgets the attempt count.
+    let worker = InProcessWorker::start(&db, support::settings(&long));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (attempts, due_after): (i32, f64) = sqlx::query_as(
+        "SELECT attempts, extract(epoch FROM next_attempt_at)::float8 FROM webhooks.deliveries",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("row");
+    assert_eq!(attempts, 1);
+    assert_eq!(due_after, due_before);
+    assert_eq!(receiver.count(), 1);
+    // Its time comes (aged with SQL, not slept): the second attempt goes out.
+    sqlx::query("UPDATE webhooks.deliveries SET next_attempt_at = now()")
+        .execute(&db.pool)
+        .await
+        .expect("age");
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    support::wait_for_scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 2 AND state = 'pending'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn lanes_keep_each_subjects_order_while_other_subjects_flow() {
+    let db = TestDb::new().await;
+    // Visit 1's first call fails once; everything else succeeds.
+    let receiver = Receiver::start(Arc::new(|r, _| {
+        if r.path == "/ordered" && what(r) == ("visit.created".to_owned(), "1".to_owned()) {
+            static FAILED: std::sync::Once = std::sync::Once::new();
+            let mut first = false;
+            FAILED.call_once(|| first = true);
+            if first {
+                return Reply::status(500);
+            }
+        }
+        Reply::status(200)
+    }))
+    .await
+    .expect("receiver");
+    setup_clinic(&db.pool).await;
+    support::endpoint(&db.pool, 1, &receiver.url("/ordered"), "2.0").await;
+    let worker = InProcessWorker::start(
+        &db,
+        support::settings(&[("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "1s")]),
+    );
+    sqlx::query(
+        "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at)
+         VALUES (1, 1, 10, now(), now()), (2, 1, 10, now(), now())",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("visits");
+    sqlx::query("UPDATE clinic.visits SET status = 30")
+        .execute(&db.pool)
+        .await
+        .expect("start");
+    sqlx::query("UPDATE clinic.visits SET status = 50")
+        .execute(&db.pool)
+        .await
+        .expect("end");
+    let got = receiver.wait_for(7, Duration::from_secs(15)).await;
+    let order: Vec<(String, String)> = got.iter().map(what).collect();
+    let of = |id: &str| -> Vec<&str> {
+        order
+            .iter()
+            .filter(|(_, v)| v == id)
+            .map(|(t, _)| t.as_str())
+            .collect()
+    };
+    // Visit 1: its created is retried, and nothing of visit 1 overtakes it.
+    assert_eq!(
+        of("1"),
+        [
+            "visit.created",
+            "visit.created",
+            "visit.updated",
+            "visit.ended"
+        ]
+    );
+    assert_eq!(of("2"), ["visit.created", "visit.updated", "visit.ended"]);
+    // Visit 2 did not wait for visit 1's retry.
+    let v2_done = got
+        .iter()
+        .position(|r| what(r) == ("visit.ended".to_owned(), "2".to_owned()))
+        .expect("visit 2 ended");
+    let v1_retry = got
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| what(r) == ("visit.created".to_owned(), "1".to_owned()))
+        .map(|(i, _)| i)
+        .nth(1)
+        .expect("retry");
+    assert!(
+        v2_done < v1_retry,
+        "visit 2 flowed while visit 1 waited: {order:?}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn unordered_endpoints_let_later_events_overtake_a_retry() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start(Arc::new(|r, _| {
+        if what(r).0 == "visit.created" {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    }))
+    .await
+    .expect("receiver");
+    setup_clinic(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, &receiver.url("/unordered"), "2.0").await;
+    sqlx::query("UPDATE webhooks.endpoints SET ordered = false WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .expect("unordered");
+    let worker = InProcessWorker::start(
+        &db,
+        support::settings(&[("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "1h")]),
+    );
+    let visit = support::visit(&db.pool, 1, 10).await;
+    sqlx::query("UPDATE clinic.visits SET status = 30 WHERE id = $1")
+        .bind(visit)
+        .execute(&db.pool)
+        .await
+        .expect("start");
+    let got = receiver
+        .wait_until(Duration::from_secs(10), |r| {
+            r.iter().any(|x| what(x).0 == "visit.updated")
+        })
+        .await;
+    assert!(got.iter().any(|x| what(x).0 == "visit.updated"));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start(Arc::new(|r, _| {
+        if r.path == "/hangs" {
+            Reply::status(200).delay(Duration::from_secs(30))
+        } else {
+            Reply::status(200)
+        }
+    }))
+    .await
+    .expect("receiver");
+    setup_clinic(&db.pool).await;
+    let hangs = support::endpoint(&db.pool, 1, &receiver.url("/hangs"), "2.0").await;
+    sqlx::query("UPDATE webhooks.endpoints SET max_in_flight = 4 WHERE id = $1")
+        .bind(hangs)
+        .execute(&db.pool)
+        .await
+        .expect("cap");
+    support::endpoint(&db.pool, 1, &receiver.url("/healthy"), "2.0").await;
+    // Eight slots in all: without the bulkhead, the hanging endpoint would take every one.
+    let worker = InProcessWorker::start(
+        &db,
+        support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "8")]),
+    );
+    for _ in 0..30 {
+        support::visit(&db.pool, 1, 10).await;
+    }
+    let got = receiver
+        .wait_until(Duration::from_secs(10), |r| {
+            r.iter().filter(|x| x.path == "/healthy").count() >= 30
+        })
+        .await;
+    assert_eq!(got.iter().filter(|x| x.path == "/healthy").count(), 30);
+    let hanging_calls = got.iter().filter(|x| x.path == "/hangs").count();
+    assert!(
+        hanging_calls <= 4,
+        "bulkhead: {hanging_calls} calls in flight to the hanging endpoint"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn first_attempts_go_before_a_backlog_of_retries() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::ok().await.expect("receiver");
+    setup_clinic(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, &receiver.url("/one-at-a-time"), "2.0").await;
+    sqlx::query("UPDATE webhooks.endpoints SET max_in_flight = 1 WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .expect("cap");
+    // Twenty deliveries that already failed once and are due again ...
+    sqlx::query(
+        "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)
+         SELECT 1, 10, now(), now() FROM generate_series(1, 20)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("visits");
+    sqlx::query("UPDATE webhooks.deliveries SET attempts = 1, next_attempt_at = now() - interval '1 minute'")
+        .execute(&db.pool)
+        .await
+        .expect("make them retries");
+    // ... and one fresh event.
+    let fresh = support::visit(&db.pool, 1, 10).await;
+    let worker = InProcessWorker::start(&db, support::settings(&[]));
+    let got = receiver.wait_for(21, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 21);
+    assert_eq!(
+        what(&got[0]).1,
+        fresh.to_string(),
+        "the first attempt went first"
+    );
+    worker.stop().await;
+}
