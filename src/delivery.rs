@@ -170,7 +170,10 @@ impl Sender {
                 "webhook-timestamp".to_owned(),
                 Value::from(timestamp.to_string()),
             ),
-            ("webhook-signature".to_owned(), Value::from(signature.clone())),
+            (
+                "webhook-signature".to_owned(),
+                Value::from(signature.clone()),
+            ),
         ]));
         let request_body = String::from_utf8_lossy(&out.body).into_owned();
         let clock = Instant::now();

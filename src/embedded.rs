@@ -18,7 +18,9 @@ pub enum EmbeddedError {
         "no PostgreSQL binaries found (looked for initdb via embedded.bin_dir, pg_config, /usr/lib/postgresql/*/bin and PATH); install PostgreSQL or set database.url / DATABASE_URL"
     )]
     NoBinaries,
-    #[error("running as root, and OS user {0:?} (embedded.os_user) does not exist to own the cluster")]
+    #[error(
+        "running as root, and OS user {0:?} (embedded.os_user) does not exist to own the cluster"
+    )]
     NoOsUser(String),
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
@@ -55,7 +57,10 @@ impl Cluster {
 
     /// Stops the cluster (fast shutdown: open sessions are ended).
     pub fn stop(&self) -> Result<()> {
-        self.pg_ctl(&["stop", "-m", "fast", "-w"], "stopping the embedded PostgreSQL")
+        self.pg_ctl(
+            &["stop", "-m", "fast", "-w"],
+            "stopping the embedded PostgreSQL",
+        )
     }
 
     fn pg_ctl(&self, args: &[&str], what: &str) -> Result<()> {
@@ -82,7 +87,10 @@ pub fn ensure_running(settings: &EmbeddedSettings) -> Result<Cluster> {
     let bin_dir = find_bin_dir(&settings.bin_dir).ok_or(EmbeddedError::NoBinaries)?;
     let data_dir = absolute(&settings.data_dir)?;
     let run_as = if is_root() {
-        Some(lookup_user(&settings.os_user).ok_or_else(|| EmbeddedError::NoOsUser(settings.os_user.clone()))?)
+        Some(
+            lookup_user(&settings.os_user)
+                .ok_or_else(|| EmbeddedError::NoOsUser(settings.os_user.clone()))?,
+        )
     } else {
         None
     };
@@ -120,10 +128,7 @@ pub fn ensure_running(settings: &EmbeddedSettings) -> Result<Cluster> {
             .args(["-w", "-t", "60", "start"]);
         run(
             cmd,
-            &format!(
-                "starting the embedded PostgreSQL (log: {})",
-                log.display()
-            ),
+            &format!("starting the embedded PostgreSQL (log: {})", log.display()),
         )?;
         cluster.started_here = true;
     }
@@ -138,20 +143,36 @@ fn init(cluster: &Cluster) -> Result<()> {
             .map_err(|source| io(&cluster.data_dir, source))?;
     }
     let mut cmd = cluster.command("initdb");
-    cmd.arg("-D")
-        .arg(&cluster.data_dir)
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"]);
+    cmd.arg("-D").arg(&cluster.data_dir).args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+    ]);
     run(cmd, "initdb for the embedded PostgreSQL")
 }
 
 fn create_database(cluster: &Cluster) -> Result<()> {
     let psql = |sql: &str| {
         let mut cmd = cluster.command("psql");
-        cmd.args(["-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
-            .arg("-p")
-            .arg(cluster.port.to_string())
-            .arg("-c")
-            .arg(sql);
+        cmd.args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .arg("-p")
+        .arg(cluster.port.to_string())
+        .arg("-c")
+        .arg(sql);
         cmd
     };
     let out = psql(&format!(
@@ -226,9 +247,8 @@ fn find_bin_dir(configured: &str) -> Option<PathBuf> {
     if let Some((_, dir)) = versions.pop() {
         return Some(dir);
     }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path).find(|dir| has_initdb(dir))
-    })
+    std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).find(|dir| has_initdb(dir)))
 }
 
 fn is_root() -> bool {

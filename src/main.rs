@@ -13,7 +13,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[derive(Parser)]
-#[command(name = "clinic-webhooks", version, about = "PostgreSQL-native webhook worker")]
+#[command(
+    name = "clinic-webhooks",
+    version,
+    about = "PostgreSQL-native webhook worker"
+)]
 struct Cli {
     /// Configuration file (TOML). Default: ./config.toml when it exists.
     #[arg(long, global = true, env = "CLINIC_WEBHOOKS_CONFIG")]
@@ -54,12 +58,18 @@ struct RedeliverArgs {
 
 impl RedeliverArgs {
     fn into_redelivery(self) -> Result<Redelivery> {
-        Ok(match (self.delivery, self.event, self.since, self.endpoint) {
-            (Some(id), None, None, None) => Redelivery::Delivery(id),
-            (None, Some(id), None, endpoint) => Redelivery::Event { id, endpoint },
-            (None, None, Some(since), Some(endpoint)) => Redelivery::Recover { endpoint, since },
-            _ => bail!("give one of --delivery ID, --event UUID [--endpoint ID], or --endpoint ID --since TIME"),
-        })
+        Ok(
+            match (self.delivery, self.event, self.since, self.endpoint) {
+                (Some(id), None, None, None) => Redelivery::Delivery(id),
+                (None, Some(id), None, endpoint) => Redelivery::Event { id, endpoint },
+                (None, None, Some(since), Some(endpoint)) => {
+                    Redelivery::Recover { endpoint, since }
+                }
+                _ => bail!(
+                    "give one of --delivery ID, --event UUID [--endpoint ID], or --endpoint ID --since TIME"
+                ),
+            },
+        )
     }
 }
 

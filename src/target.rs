@@ -84,9 +84,8 @@ impl Resolve for GuardedResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = resolved
                 .iter()
                 .copied()
@@ -142,14 +141,21 @@ mod tests {
 
     #[tokio::test]
     async fn the_resolver_refuses_names_of_private_addresses() {
-        let guarded = GuardedResolver { allow_private: false };
+        let guarded = GuardedResolver {
+            allow_private: false,
+        };
         let name: Name = "localhost".parse().expect("name");
         let err = match guarded.resolve(name).await {
             Ok(_) => panic!("localhost must be refused"),
             Err(e) => e,
         };
-        assert!(err.to_string().contains("refused target localhost"), "{err}");
-        let open = GuardedResolver { allow_private: true };
+        assert!(
+            err.to_string().contains("refused target localhost"),
+            "{err}"
+        );
+        let open = GuardedResolver {
+            allow_private: true,
+        };
         let name: Name = "localhost".parse().expect("name");
         assert!(open.resolve(name).await.is_ok());
     }
