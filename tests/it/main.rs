@@ -1,6 +1,7 @@
 //! One integration-test binary (builds once): real PostgreSQL, real HTTP
 //! receivers on 127.0.0.1, the worker in-process or as the real binary.
 
+mod admin;
 mod delivery;
 mod lifecycle;
 mod payloads;
