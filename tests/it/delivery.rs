@@ -35,6 +35,10 @@ async fn setup_clinic(pool: &PgPool) {
     support::user(pool, 10, 1, "patient", "signup").await;
 }
 
+/// event_type, clinic_code, response_status, outcome, request_headers,
+/// request_body, response_headers, response_body
+type DetailRow = (String, String, i16, String, Value, String, Value, String);
+
 #[derive(Debug, sqlx::FromRow)]
 struct LogRow {
     attempt: i32,
@@ -109,7 +113,7 @@ async fn a_visit_reaches_v1_and_v2_endpoints_signed_and_logged() {
     support::wait_for_scalar(&db.pool, FINISHED, 2, Duration::from_secs(10)).await;
 
     // The log: one row per call, and the detail is exactly what was sent and received.
-    let rows: Vec<(String, String, i16, String, Value, String, Value, String)> = sqlx::query_as(
+    let rows: Vec<DetailRow> = sqlx::query_as(
         "SELECT event_type, clinic_code, response_status, outcome::text,
                 request_headers, request_body, response_headers, response_body
            FROM webhooks.delivery_log_detail ORDER BY endpoint_id",
