@@ -64,8 +64,23 @@ SELECT head.endpoint_id,
  WHERE waiting.n > 0
    AND (head.state = 'delivering' OR head.attempts > head.retry_base);
 
--- Per endpoint, over the last hour and the last day: calls, success rate and
--- latency (p50, p95) of the HTTP calls made.
+-- Calls, success rate and latency (p50, p95) of one endpoint's HTTP calls
+-- over the last `window`; lost-lease attempts are not calls.
+CREATE FUNCTION webhooks.endpoint_call_stats(
+    p_endpoint_id bigint, p_window interval,
+    OUT calls bigint, OUT success_rate numeric, OUT p50_ms numeric, OUT p95_ms numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT count(*),
+           round(avg((a.outcome = 'succeeded')::int), 4),
+           round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1),
+           round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1)
+      FROM webhooks.attempts a
+     WHERE a.endpoint_id = p_endpoint_id
+       AND a.started_at > now() - p_window
+       AND a.outcome <> 'abandoned'
+$$;
+
+-- Per endpoint, over the last hour and the last day.
 CREATE VIEW webhooks.endpoint_health AS
 SELECT e.id AS endpoint_id,
        e.clinic_id,
@@ -82,21 +97,5 @@ SELECT e.id AS endpoint_id,
        d.p50_ms         AS p50_ms_24h,
        d.p95_ms         AS p95_ms_24h
   FROM webhooks.endpoints e
- CROSS JOIN LATERAL (
-        SELECT count(*) AS calls,
-               round(avg((a.outcome = 'succeeded')::int), 4) AS success_rate,
-               round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS p50_ms,
-               round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS p95_ms
-          FROM webhooks.attempts a
-         WHERE a.endpoint_id = e.id
-           AND a.started_at > now() - interval '1 hour'
-           AND a.outcome <> 'abandoned') h
- CROSS JOIN LATERAL (
-        SELECT count(*) AS calls,
-               round(avg((a.outcome = 'succeeded')::int), 4) AS success_rate,
-               round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS p50_ms,
-               round(percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::numeric, 1) AS p95_ms
-          FROM webhooks.attempts a
-         WHERE a.endpoint_id = e.id
-           AND a.started_at > now() - interval '1 day'
-           AND a.outcome <> 'abandoned') d;
+ CROSS JOIN LATERAL webhooks.endpoint_call_stats(e.id, interval '1 hour') h
+ CROSS JOIN LATERAL webhooks.endpoint_call_stats(e.id, interval '1 day') d;

@@ -13,11 +13,6 @@ use uuid::Uuid;
 
 use crate::support::{self, InProcessWorker, TestDb};
 
-async fn setup_clinic(pool: &PgPool) {
-    support::clinic(pool, 1, "c1").await;
-    support::user(pool, 10, 1, "patient", "signup").await;
-}
-
 async fn scalar<T>(pool: &PgPool, sql: &'static str) -> T
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
@@ -45,7 +40,7 @@ async fn flaky() -> (Receiver, Arc<AtomicBool>) {
 async fn failed_deliveries_are_redelivered_from_sql_with_the_same_webhook_id() {
     let db = TestDb::new().await;
     let (receiver, healthy) = flaky().await;
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     let endpoint = support::endpoint(&db.pool, 1, &receiver.url("/flaky"), "2.0").await;
     let worker = InProcessWorker::start(&db, support::settings(&[]));
     for _ in 0..3 {
@@ -130,7 +125,7 @@ async fn failed_deliveries_are_redelivered_from_sql_with_the_same_webhook_id() {
 async fn an_old_event_is_replayed_to_a_newer_endpoint_in_its_version() {
     let db = TestDb::new().await;
     let receiver = Receiver::ok().await.expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     support::clinic(&db.pool, 2, "other").await;
     support::endpoint(&db.pool, 1, &receiver.url("/v1"), "1.0").await;
     let worker = InProcessWorker::start(&db, support::settings(&[]));
@@ -205,7 +200,7 @@ async fn a_410_disables_at_once_and_a_long_failure_streak_disables_keeping_deliv
         .await
         .expect("receiver");
     let (flaky, healthy) = flaky().await;
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     let gone_id = support::endpoint(&db.pool, 1, &gone.url("/gone"), "2.0").await;
     let flaky_id = support::endpoint(&db.pool, 1, &flaky.url("/flaky"), "2.0").await;
     let worker = InProcessWorker::start(
@@ -283,7 +278,7 @@ async fn a_410_disables_at_once_and_a_long_failure_streak_disables_keeping_deliv
 async fn health_views_show_stuck_deliveries_blocked_lanes_and_rates() {
     let db = TestDb::new().await;
     let (receiver, _healthy) = flaky().await;
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     let endpoint = support::endpoint(&db.pool, 1, &receiver.url("/flaky"), "2.0").await;
     let worker = InProcessWorker::start(
         &db,
@@ -373,7 +368,7 @@ async fn the_named_sql_files_run_in_psql_and_the_cli_redelivers() {
     }))
     .await
     .expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/hook"), "1.0").await;
     let worker = InProcessWorker::start(&db, support::settings(&[]));
     support::visit(&db.pool, 1, 10).await;

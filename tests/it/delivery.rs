@@ -30,11 +30,6 @@ fn verify_signature(secret: &str, id: &str, timestamp: &str, body: &[u8], header
     );
 }
 
-async fn setup_clinic(pool: &PgPool) {
-    support::clinic(pool, 1, "c1").await;
-    support::user(pool, 10, 1, "patient", "signup").await;
-}
-
 /// event_type, clinic_code, response_status, outcome, request_headers,
 /// request_body, response_headers, response_body
 type DetailRow = (String, String, i16, String, Value, String, Value, String);
@@ -75,7 +70,7 @@ async fn a_visit_reaches_v1_and_v2_endpoints_signed_and_logged() {
     }))
     .await
     .expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     let v1 = support::endpoint(&db.pool, 1, &receiver.url("/v1"), "1.0").await;
     let v2 = support::endpoint(&db.pool, 1, &receiver.url("/v2"), "2.0").await;
     let worker = InProcessWorker::start(&db, support::settings(&[]));
@@ -157,7 +152,7 @@ async fn retryable_failures_are_retried_with_the_same_webhook_id() {
     }))
     .await
     .expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
     let worker = InProcessWorker::start(&db, support::settings(&[]));
     support::visit(&db.pool, 1, 10).await;
@@ -208,7 +203,7 @@ async fn the_last_attempt_fails_for_good_and_other_4xx_are_final() {
     }))
     .await
     .expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     let down = support::endpoint(&db.pool, 1, &receiver.url("/down"), "2.0").await;
     let moved = support::endpoint(&db.pool, 1, &receiver.url("/moved"), "2.0").await;
     let bad = support::endpoint(&db.pool, 1, &receiver.url("/bad"), "2.0").await;
@@ -278,7 +273,7 @@ async fn timeouts_and_dead_ports_are_retryable_with_machine_readable_kinds() {
         .local_addr()
         .expect("addr")
         .port();
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/slow"), "2.0").await;
     support::endpoint(
         &db.pool,
@@ -320,7 +315,7 @@ async fn timeouts_and_dead_ports_are_retryable_with_machine_readable_kinds() {
 async fn private_targets_are_refused_unless_allowed() {
     let db = TestDb::new().await;
     let receiver = Receiver::ok().await.expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/literal"), "2.0").await;
     let port = receiver
         .url("")
@@ -366,7 +361,7 @@ async fn large_response_bodies_are_truncated_in_the_log() {
     }))
     .await
     .expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/big"), "2.0").await;
     let worker = InProcessWorker::start(
         &db,

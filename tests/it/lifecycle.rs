@@ -15,8 +15,7 @@ const FAST_LEASES: &[(&str, &str)] = &[
 ];
 
 async fn clinic_with_endpoint(db: &TestDb, receiver: &Receiver) {
-    support::clinic(&db.pool, 1, "c1").await;
-    support::user(&db.pool, 10, 1, "patient", "signup").await;
+    support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
 }
 

@@ -5,14 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clinic_webhooks::receiver::{Received, Receiver, Reply};
-use sqlx::PgPool;
 
 use crate::support::{self, InProcessWorker, TestDb};
-
-async fn setup_clinic(pool: &PgPool) {
-    support::clinic(pool, 1, "c1").await;
-    support::user(pool, 10, 1, "patient", "signup").await;
-}
 
 /// `type` and `data.id` of a received v2 body.
 fn what(r: &Received) -> (String, String) {
@@ -29,7 +23,7 @@ async fn the_retry_schedule_survives_a_restart_of_every_worker() {
     let receiver = Receiver::start(Arc::new(|_, _| Reply::status(503)))
         .await
         .expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/down"), "2.0").await;
     let long = [("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "1h,2h")];
     let worker = InProcessWorker::start(&db, support::settings(&long));
@@ -94,7 +88,7 @@ async fn lanes_keep_each_subjects_order_while_other_subjects_flow() {
     }))
     .await
     .expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/ordered"), "2.0").await;
     let worker = InProcessWorker::start(
         &db,
@@ -166,7 +160,7 @@ async fn unordered_endpoints_let_later_events_overtake_a_retry() {
     }))
     .await
     .expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     let id = support::endpoint(&db.pool, 1, &receiver.url("/unordered"), "2.0").await;
     sqlx::query("UPDATE webhooks.endpoints SET ordered = false WHERE id = $1")
         .bind(id)
@@ -204,7 +198,7 @@ async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
     }))
     .await
     .expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     let hangs = support::endpoint(&db.pool, 1, &receiver.url("/hangs"), "2.0").await;
     sqlx::query("UPDATE webhooks.endpoints SET max_in_flight = 4 WHERE id = $1")
         .bind(hangs)
@@ -238,7 +232,7 @@ async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
 async fn first_attempts_go_before_a_backlog_of_retries() {
     let db = TestDb::new().await;
     let receiver = Receiver::ok().await.expect("receiver");
-    setup_clinic(&db.pool).await;
+    support::clinic_with_patient(&db.pool).await;
     let id = support::endpoint(&db.pool, 1, &receiver.url("/one-at-a-time"), "2.0").await;
     sqlx::query("UPDATE webhooks.endpoints SET max_in_flight = 1 WHERE id = $1")
         .bind(id)

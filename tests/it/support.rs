@@ -304,6 +304,12 @@ pub async fn clinic(pool: &PgPool, id: i64, code: &str) {
         .expect("insert clinic");
 }
 
+/// Clinic 1 (`c1`) with patient 10, the usual starting point.
+pub async fn clinic_with_patient(pool: &PgPool) {
+    clinic(pool, 1, "c1").await;
+    user(pool, 10, 1, "patient", "signup").await;
+}
+
 pub async fn user(pool: &PgPool, id: i64, clinic_id: i64, role: &str, source: &str) {
     sqlx::query("INSERT INTO clinic.users (id, clinic_id, role, source) VALUES ($1, $2, $3, $4)")
         .bind(id)
