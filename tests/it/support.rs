@@ -72,8 +72,8 @@ async fn template() -> &'static str {
                     .fetch_one(&mut admin)
                     .await
                     .expect("query");
+            drop_stale_test_databases(&mut admin, &name).await;
             if !exists {
-                drop_stale_test_databases(&mut admin).await;
                 let building = format!("{name}_building");
                 admin
                     .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {building}")))
@@ -102,8 +102,8 @@ async fn template() -> &'static str {
         .await
 }
 
-/// Old templates and test databases left by earlier runs (an hour or older).
-async fn drop_stale_test_databases(admin: &mut PgConnection) {
+/// Other templates, and test databases left by runs an hour or more ago.
+async fn drop_stale_test_databases(admin: &mut PgConnection, current_template: &str) {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT datname FROM pg_database WHERE datname LIKE 'cw\\_template\\_%' OR datname LIKE 'cw\\_test\\_%'",
     )
@@ -118,7 +118,7 @@ async fn drop_stale_test_databases(admin: &mut PgConnection) {
                 .next()
                 .and_then(|t| t.parse::<u64>().ok())
                 .is_some_and(|t| t + 3600 < now),
-            None => true,
+            None => name != current_template && !name.starts_with(current_template),
         };
         if stale {
             let _ = admin
