@@ -11,6 +11,7 @@
 //! `receiver` (a local HTTP receiver for bench and tests), `telemetry`.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod db;
 pub mod delivery;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use clinic_webhooks::admin::{self, Redelivery};
+use clinic_webhooks::bench::{self, BenchOptions};
 use clinic_webhooks::config::Settings;
 use clinic_webhooks::embedded::{self, Cluster};
 use clinic_webhooks::{db, telemetry, worker};
@@ -36,6 +37,40 @@ enum Command {
     Status,
     /// Send a delivery, an event, or an endpoint's failures again.
     Redeliver(RedeliverArgs),
+    /// Measure throughput, latency, trigger cost, fan-out, scale-out and
+    /// memory on a private database (issue 3); see BENCHMARKS.md.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The PostgreSQL server to create the private database `cw_bench_*` on.
+    #[arg(long, default_value = bench::DEFAULT_DATABASE_URL)]
+    database_url: String,
+    /// Repetitions of each scenario (default 3; 1 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+    repeat: Option<u32>,
+    /// Smaller workloads, for a quick look.
+    #[arg(long)]
+    quick: bool,
+    /// One JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Only these scenarios: throughput, latency, trigger, fanout, scaleout, memory.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    only: Vec<bench::Scenario>,
+    /// Seconds of the steady 200/s latency run (default 40).
+    #[arg(long)]
+    latency_secs: Option<f64>,
+    /// Seconds of the steady part of the memory run (default 60).
+    #[arg(long)]
+    steady_secs: Option<f64>,
+    /// Run the worker as a `clinic-webhooks run` child process in every scenario.
+    #[arg(long)]
+    process_workers: bool,
+    /// Keep the database afterwards, to look inside.
+    #[arg(long)]
+    keep_database: bool,
 }
 
 #[derive(Args)]
@@ -76,6 +111,11 @@ impl RedeliverArgs {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    let command = match cli.command {
+        // Not through connect(): the bench makes its own database.
+        Command::Bench(args) => return bench(args).await,
+        command => command,
+    };
     let config_file = cli.config.clone().or_else(|| {
         let default = PathBuf::from("config.toml");
         default.exists().then_some(default)
@@ -84,7 +124,7 @@ async fn main() -> Result<()> {
     telemetry::init(&settings.log);
 
     let (pool, cluster) = connect(&settings).await?;
-    let result = match cli.command {
+    let result = match command {
         Command::Migrate => {
             db::migrate(&pool).await?;
             println!("migrations applied");
@@ -101,6 +141,7 @@ async fn main() -> Result<()> {
             println!("{}", admin::redeliver(&pool, &what).await?);
             Ok(())
         }
+        Command::Bench(_) => unreachable!("handled above"),
     };
     pool.close().await;
     if let Some(cluster) = cluster.filter(|c| c.started_here)
@@ -131,6 +172,33 @@ async fn connect(settings: &Settings) -> Result<(PgPool, Option<Cluster>)> {
     // The embedded cluster is ours: always bring its schema up to date.
     db::migrate(&pool).await?;
     Ok((pool, Some(cluster)))
+}
+
+async fn bench(args: BenchArgs) -> Result<()> {
+    bench::init_logging();
+    let report = bench::run(BenchOptions {
+        database_url: args.database_url,
+        repeat: args
+            .repeat
+            .map_or(if args.quick { 1 } else { 3 }, |n| n as usize),
+        quick: args.quick,
+        only: args.only,
+        latency_seconds: args.latency_secs,
+        steady_seconds: args.steady_secs,
+        process_workers: args.process_workers,
+        keep_database: args.keep_database,
+        ..BenchOptions::default()
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.table());
+    }
+    if !report.errors.is_empty() {
+        bail!("{} bench run(s) failed (see above)", report.errors.len());
+    }
+    Ok(())
 }
 
 async fn run(settings: &Settings, pool: PgPool) -> Result<()> {

@@ -1,0 +1,308 @@
+//! `clinic-webhooks bench`: the measurements of issue 3, on a private
+//! database that it creates (and drops), with the real triggers, the real
+//! worker, the real log, and the bundled receiver on 127.0.0.1.
+//!
+//! Scenarios (each repeated, median and spread reported):
+//! * `throughput`: 20,000 visits inserted in one statement, one v2 endpoint;
+//!   commit → every delivery succeeded and logged.
+//! * `latency`: single-row inserts at 200/s from a separate connection;
+//!   commit → arrival at the receiver, matched by webhook-id.
+//! * `trigger`: 20,000 single-row insert transactions from 4 clients, with
+//!   the triggers and one endpoint vs without triggers; worker stopped, then
+//!   worker delivering.
+//! * `fanout`: 2,000 events × 10 endpoints.
+//! * `scaleout`: the throughput workload with one `clinic-webhooks run`
+//!   process, then two; duplicates counted at the receiver.
+//! * `memory`: the worker process's RSS over a burst and a steady run.
+//!
+//! The in-process worker shares this process with the receiver and the load
+//! generators; `memory` and `scaleout` run the real binary as child processes
+//! (and `process_workers` makes every scenario do so).
+
+mod env;
+mod report;
+mod scenarios;
+pub mod stats;
+mod sys;
+mod workers;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{Context, Result};
+
+pub use report::{BenchReport, Row, Target};
+pub use scenarios::{Flow, Latency, Load, MemoryRun, Plan, ScaleOut, TriggerCost};
+
+use scenarios::Ctx;
+
+/// The server the bench creates its database on, unless told otherwise.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scenario {
+    Throughput,
+    Latency,
+    Trigger,
+    Fanout,
+    Scaleout,
+    Memory,
+}
+
+impl Scenario {
+    pub const ALL: [Self; 6] = [
+        Self::Throughput,
+        Self::Latency,
+        Self::Trigger,
+        Self::Fanout,
+        Self::Scaleout,
+        Self::Memory,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throughput => "throughput",
+            Self::Latency => "latency",
+            Self::Trigger => "trigger",
+            Self::Fanout => "fanout",
+            Self::Scaleout => "scaleout",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|sc| sc.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown scenario {s:?}; one of {}", names.join(", "))
+            })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// A PostgreSQL server URL; the bench creates `cw_bench_*` there.
+    pub database_url: String,
+    /// Repetitions of each scenario (≥ 1).
+    pub repeat: usize,
+    /// Smaller workloads, for a quick look (and debugging the bench).
+    pub quick: bool,
+    /// Scenarios to run; empty: all.
+    pub only: Vec<Scenario>,
+    /// Seconds of the latency run (default 40, quick 8).
+    pub latency_seconds: Option<f64>,
+    /// Seconds of the steady part of the memory run (default 60, quick 8).
+    pub steady_seconds: Option<f64>,
+    /// Run the worker as a child process in every scenario.
+    pub process_workers: bool,
+    /// Keep the database afterwards (to look inside); it is dropped otherwise.
+    pub keep_database: bool,
+    /// The binary started by `scaleout` and `memory`; default: this executable.
+    pub worker_binary: Option<PathBuf>,
+    /// Progress lines on stderr.
+    pub progress: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            repeat: 3,
+            quick: false,
+            only: Vec::new(),
+            latency_seconds: None,
+            steady_seconds: None,
+            process_workers: false,
+            keep_database: false,
+            worker_binary: None,
+            progress: true,
+        }
+    }
+}
+
+impl BenchOptions {
+    fn plan(&self) -> Plan {
+        fn pick<T>(quick: bool, full: T, short: T) -> T {
+            if quick { short } else { full }
+        }
+        let q = self.quick;
+        Plan {
+            throughput_events: pick(q, 20_000, 5_000),
+            latency_rate_per_s: 200.0,
+            latency_seconds: self
+                .latency_seconds
+                .unwrap_or(pick(q, 40.0, 8.0))
+                .clamp(1.0, 3600.0),
+            trigger_txns: pick(q, 20_000, 4_000),
+            trigger_clients: 4,
+            fanout_events: pick(q, 2_000, 500),
+            fanout_endpoints: 10,
+            scaleout_events: pick(q, 20_000, 5_000),
+            memory_steady_seconds: self
+                .steady_seconds
+                .unwrap_or(pick(q, 60.0, 8.0))
+                .clamp(1.0, 3600.0),
+            max_in_flight: 256,
+            process_workers: self.process_workers,
+        }
+    }
+
+    fn scenarios(&self) -> Vec<Scenario> {
+        let mut chosen = if self.only.is_empty() {
+            Scenario::ALL.to_vec()
+        } else {
+            self.only.clone()
+        };
+        chosen.sort();
+        chosen.dedup();
+        chosen
+    }
+}
+
+/// Logging for the bench: warnings to stderr (RUST_LOG overrides), so that
+/// stdout carries only the table or the JSON object.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the chosen scenarios `repeat` times each (interleaved: repetition 1
+/// of every scenario, then repetition 2, ...) and reports. A failed run is
+/// reported in `errors` and does not stop the others.
+pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
+    let binary = match &opts.worker_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("locating this executable")?,
+    };
+    let db = env::BenchDb::create(&opts.database_url).await?;
+    if opts.progress {
+        eprintln!("[bench] database {} created and migrated", db.name);
+    }
+    let result = run_on(&db, &opts, &binary).await;
+    if opts.keep_database {
+        if opts.progress {
+            eprintln!("[bench] kept database {}", db.name);
+        }
+    } else if let Err(err) = db.drop_database().await {
+        tracing::warn!(error = %err, database = %db.name, "could not drop the bench database");
+    }
+    result
+}
+
+async fn run_on(
+    db: &env::BenchDb,
+    opts: &BenchOptions,
+    binary: &std::path::Path,
+) -> Result<BenchReport> {
+    let plan = opts.plan();
+    let scenarios = opts.scenarios();
+    let repeat = opts.repeat.max(1);
+    let settings = workers::settings("bench")?;
+    let mut report = BenchReport::new(
+        sys::machine(),
+        db.server().await?,
+        plan.clone(),
+        &settings,
+        repeat,
+        opts.quick,
+        &scenarios,
+    );
+    let ctx = Ctx {
+        db,
+        plan: &plan,
+        binary,
+    };
+    let say = |line: String| {
+        if opts.progress {
+            eprintln!("[bench] {line}");
+        }
+    };
+    for rep in 1..=repeat {
+        for &scenario in &scenarios {
+            let tag = format!("{scenario} {rep}/{repeat}");
+            let outcome = match scenario {
+                Scenario::Throughput => scenarios::throughput(&ctx).await.map(|f| {
+                    let line = format!(
+                        "{tag}: {:.0} events/s (insert {:.0} ms, delivered in {:.2} s)",
+                        f.events_per_s, f.insert_ms, f.deliver_s
+                    );
+                    report.throughput.push(f);
+                    line
+                }),
+                Scenario::Latency => scenarios::latency(&ctx).await.map(|l| {
+                    let line = format!(
+                        "{tag}: p50 {:.2} ms, p99 {:.2} ms over {} events",
+                        l.p50_ms, l.p99_ms, l.matched
+                    );
+                    report.latency.push(l);
+                    line
+                }),
+                Scenario::Trigger => scenarios::trigger_cost(&ctx).await.map(|t| {
+                    let line = format!(
+                        "{tag}: baseline {:.0} tx/s, triggers {:.0} tx/s ({:.2}), with worker {:.0} tx/s ({:.2})",
+                        t.baseline.txns_per_s,
+                        t.worker_stopped.txns_per_s,
+                        t.ratio_stopped,
+                        t.worker_running.txns_per_s,
+                        t.ratio_running
+                    );
+                    report.trigger.push(t);
+                    line
+                }),
+                Scenario::Fanout => scenarios::fanout(&ctx).await.map(|f| {
+                    let line = format!(
+                        "{tag}: {:.0} deliveries/s ({} deliveries in {:.2} s)",
+                        f.deliveries_per_s, f.deliveries, f.deliver_s
+                    );
+                    report.fanout.push(f);
+                    line
+                }),
+                Scenario::Scaleout => scenarios::scaleout(&ctx).await.map(|s| {
+                    let line = format!(
+                        "{tag}: 1 worker {:.0} events/s, 2 workers {:.0} events/s ({:.2}), {} duplicates, {} missing",
+                        s.one.events_per_s, s.two.events_per_s, s.ratio, s.duplicates, s.missing
+                    );
+                    report.scaleout.push(s);
+                    line
+                }),
+                Scenario::Memory => scenarios::memory(&ctx).await.map(|m| {
+                    let line = format!(
+                        "{tag}: peak {:.1} MB, idle {:.1} MB, steady {:.1} → {:.1} MB",
+                        m.peak_rss_mb, m.idle_rss_mb, m.steady_start_rss_mb, m.steady_end_rss_mb
+                    );
+                    report.memory.push(m);
+                    line
+                }),
+            };
+            match outcome {
+                Ok(line) => say(line),
+                Err(err) => {
+                    let message = format!("{tag}: {err:#}");
+                    say(format!("FAILED {message}"));
+                    report.errors.push(message);
+                    // Leave no trigger disabled for the next scenario.
+                    db.visit_triggers(true).await.ok();
+                }
+            }
+        }
+    }
+    report.bench_process_peak_rss_mb = sys::memory(None).map(|m| m.hwm_mb).ok();
+    Ok(report)
+}

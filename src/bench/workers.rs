@@ -1,0 +1,168 @@
+//! The real worker, run by the bench: in this process (`worker::run`), or as
+//! a child process of the real binary (`clinic-webhooks run`).
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::{db, worker};
+
+const PREFIX: &str = "CLINIC_WEBHOOKS__";
+
+/// Settings as production loads them (the documented defaults, then any
+/// CLINIC_WEBHOOKS__* variable of this environment, so a setting can be
+/// benchmarked), plus what the bench needs: a receiver on 127.0.0.1.
+pub fn settings(name: &str) -> Result<Settings> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(PREFIX))
+        .collect();
+    env.extend(
+        [
+            ("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true"),
+            ("CLINIC_WEBHOOKS__WORKER__NAME", name),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    Settings::load(None, env).context("worker settings for the bench")
+}
+
+/// A running worker.
+pub enum Worker {
+    InProcess {
+        stop: CancellationToken,
+        task: JoinHandle<Result<(), worker::WorkerError>>,
+        pool: PgPool,
+    },
+    Process {
+        child: tokio::process::Child,
+        pid: u32,
+    },
+}
+
+impl Worker {
+    /// `worker::run` on this runtime, with a pool of its own.
+    pub async fn in_process(url: &str, name: &str) -> Result<Self> {
+        let settings = settings(name)?;
+        let pool = db::connect(url, settings.database.max_connections).await?;
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let worker_pool = pool.clone();
+        let task = tokio::spawn(async move { worker::run(&settings, worker_pool, token).await });
+        Ok(Self::InProcess { stop, task, pool })
+    }
+
+    /// `<binary> run` against the bench database. Its log (warnings only)
+    /// goes to our stderr, so that stdout stays one table or JSON object.
+    pub fn process(binary: &Path, url: &str, name: &str) -> Result<Self> {
+        let log = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating stderr for the worker's log")?;
+        let child = tokio::process::Command::new(binary)
+            .arg("run")
+            .env_remove("CLINIC_WEBHOOKS_CONFIG")
+            .env_remove("RUST_LOG")
+            .env("DATABASE_URL", url)
+            .env("CLINIC_WEBHOOKS__DATABASE__URL", url)
+            .env("CLINIC_WEBHOOKS__DATABASE__MIGRATE_ON_START", "false")
+            .env("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true")
+            .env("CLINIC_WEBHOOKS__WORKER__NAME", name)
+            .env("CLINIC_WEBHOOKS__LOG__LEVEL", "warn")
+            // No config.toml of the working directory: only the defaults and the above.
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} run", binary.display()))?;
+        let pid = child.id().context("the worker process exited at once")?;
+        Ok(Self::Process { child, pid })
+    }
+
+    /// The process to read /proc of (`None`: this one).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::InProcess { .. } => None,
+            Self::Process { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// Fails if the worker has already stopped on its own.
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self {
+            Self::InProcess { task, .. } => {
+                if task.is_finished() {
+                    bail!("the in-process worker stopped unexpectedly");
+                }
+            }
+            Self::Process { child, pid } => {
+                if let Some(status) = child.try_wait()? {
+                    bail!("worker process {pid} exited unexpectedly: {status}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Graceful stop (cancellation, or SIGTERM), as in production.
+    pub async fn stop(self) -> Result<()> {
+        const GRACE: Duration = Duration::from_secs(45);
+        match self {
+            Self::InProcess { stop, task, pool } => {
+                stop.cancel();
+                let joined = tokio::time::timeout(GRACE, task)
+                    .await
+                    .context("the in-process worker did not stop")?;
+                pool.close().await;
+                joined
+                    .context("the in-process worker panicked")?
+                    .context("the in-process worker failed")?;
+            }
+            Self::Process { mut child, pid } => {
+                let sent = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await
+                    .context("running kill")?;
+                if !sent.success() {
+                    bail!("kill -TERM {pid} failed");
+                }
+                match tokio::time::timeout(GRACE, child.wait()).await {
+                    Ok(status) => {
+                        let status = status?;
+                        if !status.success() {
+                            bail!("worker process {pid} exited with {status}");
+                        }
+                    }
+                    Err(_) => {
+                        child.start_kill()?;
+                        child.wait().await?;
+                        bail!("worker process {pid} did not stop within {GRACE:?}; killed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stops every worker, reporting the first failure.
+pub async fn stop_all(workers: Vec<Worker>) -> Result<()> {
+    let mut first = Ok(());
+    for w in workers {
+        if let Err(err) = w.stop().await
+            && first.is_ok()
+        {
+            first = Err(err);
+        }
+    }
+    first
+}
