@@ -4,7 +4,8 @@
 -- * Fair: endpoints with due work are visited in random order, so one
 --   endpoint's backlog cannot take the whole batch.
 -- * Bulkheads: an endpoint gets at most max_in_flight deliveries in flight,
---   counted across every worker process.
+--   counted across every worker process (an endpoint another worker is
+--   claiming for right now is skipped, not double-booked).
 -- * First attempts are picked before retries (see `picked`).
 -- * Lanes: on an ordered endpoint, only the oldest unfinished delivery of a
 --   subject (a visit, a user) is due; later ones wait until it succeeds or
@@ -24,6 +25,9 @@ WITH endpoint_slots AS (
                     WHERE p.endpoint_id = e.id
                       AND p.state = 'pending'
                       AND p.next_attempt_at <= now())
+       -- One claimer per endpoint at a time (held to commit), so that two
+       -- workers never both hand out the same free slots.
+       AND pg_try_advisory_xact_lock(1128812, (e.id % 2147483647)::int)
      ORDER BY random()
 ),
 picked AS (

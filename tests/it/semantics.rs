@@ -206,11 +206,11 @@ async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
         .await
         .expect("cap");
     support::endpoint(&db.pool, 1, &receiver.url("/healthy"), "2.0").await;
-    // Eight slots in all: without the bulkhead, the hanging endpoint would take every one.
-    let worker = InProcessWorker::start(
-        &db,
-        support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "8")]),
-    );
+    // Two workers with eight slots each: without the bulkhead, the hanging
+    // endpoint would take every slot; the cap holds across both processes.
+    let few_slots = [("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "8")];
+    let worker = InProcessWorker::start(&db, support::settings(&few_slots));
+    let second = InProcessWorker::start(&db, support::settings(&few_slots));
     for _ in 0..30 {
         support::visit(&db.pool, 1, 10).await;
     }
