@@ -56,6 +56,9 @@ struct BenchArgs {
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON object to this file.
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<PathBuf>,
     /// Only these scenarios: throughput, latency, trigger, fanout, scaleout, memory.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     only: Vec<bench::Scenario>,
@@ -190,8 +193,12 @@ async fn bench(args: BenchArgs) -> Result<()> {
         ..BenchOptions::default()
     })
     .await?;
+    let json = serde_json::to_string_pretty(&report.to_json())?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        println!("{json}");
     } else {
         print!("{}", report.table());
     }

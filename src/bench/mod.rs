@@ -304,5 +304,6 @@ async fn run_on(
         }
     }
     report.bench_process_peak_rss_mb = sys::memory(None).map(|m| m.hwm_mb).ok();
+    report.loadavg_end = sys::loadavg();
     Ok(report)
 }

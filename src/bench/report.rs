@@ -105,6 +105,9 @@ pub struct BenchReport {
     pub memory: Vec<MemoryRun>,
     /// VmHWM of the bench process (receiver, load generators, in-process worker).
     pub bench_process_peak_rss_mb: Option<f64>,
+    /// The 1-minute load average when the bench started and ended.
+    pub loadavg_start: Option<f64>,
+    pub loadavg_end: Option<f64>,
     /// Runs that failed, with their error.
     pub errors: Vec<String>,
 }
@@ -145,6 +148,8 @@ impl BenchReport {
             scaleout: Vec::new(),
             memory: Vec::new(),
             bench_process_peak_rss_mb: None,
+            loadavg_start: super::sys::loadavg(),
+            loadavg_end: None,
             errors: Vec::new(),
         }
     }
@@ -470,6 +475,8 @@ impl BenchReport {
             "bench_process_peak_rss_mb".to_owned(),
             opt(self.bench_process_peak_rss_mb),
         );
+        top.insert("loadavg_start".to_owned(), opt(self.loadavg_start));
+        top.insert("loadavg_end".to_owned(), opt(self.loadavg_end));
         top.insert("errors".to_owned(), json!(self.errors));
         // serde_json writes NaN and infinities as null.
         Value::Object(top)
@@ -522,10 +529,14 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "clinic-webhooks bench: {} repetition(s){}; {} CPUs; {}",
+            "clinic-webhooks bench: {} repetition(s){}; {} CPUs; load {} → {}; {}",
             self.repeat,
             if self.quick { ", --quick" } else { "" },
             self.machine.cpus,
+            self.loadavg_start
+                .map_or_else(|| "?".into(), |l| format!("{l:.2}")),
+            self.loadavg_end
+                .map_or_else(|| "?".into(), |l| format!("{l:.2}")),
             self.server
                 .version
                 .split(" on ")

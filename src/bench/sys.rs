@@ -127,6 +127,16 @@ impl CpuMeter {
     }
 }
 
+/// The 1-minute load average (other work on the machine skews a run).
+pub fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The machine, for the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
