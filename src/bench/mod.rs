@@ -183,6 +183,23 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// The latency run with the configured worker and, when that is the
+/// in-process one, again with a worker process (the production deployment).
+async fn latency_both(
+    ctx: &Ctx<'_>,
+    report: &mut BenchReport,
+) -> Result<(Latency, Option<(f64, f64)>)> {
+    let configured = scenarios::latency(ctx, false).await?;
+    report.latency.push(configured.clone());
+    if ctx.plan.process_workers {
+        return Ok((configured, None));
+    }
+    let process = scenarios::latency(ctx, true).await?;
+    let summary = (process.p50_ms, process.p99_ms);
+    report.latency_process.push(process);
+    Ok((configured, Some(summary)))
+}
+
 /// Runs the chosen scenarios `repeat` times each (interleaved: repetition 1
 /// of every scenario, then repetition 2, ...) and reports. A failed run is
 /// reported in `errors` and does not stop the others.
@@ -246,13 +263,16 @@ async fn run_on(
                     report.throughput.push(f);
                     line
                 }),
-                Scenario::Latency => scenarios::latency(&ctx).await.map(|l| {
-                    let line = format!(
-                        "{tag}: p50 {:.2} ms, p99 {:.2} ms over {} events",
-                        l.p50_ms, l.p99_ms, l.matched
-                    );
-                    report.latency.push(l);
-                    line
+                Scenario::Latency => latency_both(&ctx, &mut report).await.map(|(l, p)| {
+                    format!(
+                        "{tag}: p50 {:.2} ms, p99 {:.2} ms over {} events{}",
+                        l.p50_ms,
+                        l.p99_ms,
+                        l.matched,
+                        p.map_or_else(String::new, |(p50, p99)| format!(
+                            "; worker process: p50 {p50:.2} ms, p99 {p99:.2} ms"
+                        ))
+                    )
                 }),
                 Scenario::Trigger => scenarios::trigger_cost(&ctx).await.map(|t| {
                     let line = format!(

@@ -99,6 +99,9 @@ pub struct BenchReport {
     pub scenarios: Vec<String>,
     pub throughput: Vec<Flow>,
     pub latency: Vec<Latency>,
+    /// The latency run again with the worker as a child process (when the
+    /// other one ran it in-process).
+    pub latency_process: Vec<Latency>,
     pub trigger: Vec<TriggerCost>,
     pub fanout: Vec<Flow>,
     pub scaleout: Vec<ScaleOut>,
@@ -143,6 +146,7 @@ impl BenchReport {
             scenarios: scenarios.iter().map(ToString::to_string).collect(),
             throughput: Vec::new(),
             latency: Vec::new(),
+            latency_process: Vec::new(),
             trigger: Vec::new(),
             fanout: Vec::new(),
             scaleout: Vec::new(),
@@ -159,6 +163,11 @@ impl BenchReport {
     pub fn rows(&self) -> Vec<Row> {
         use Target::{AtLeast, AtMost};
         let p = &self.plan;
+        let kind = if p.process_workers {
+            "worker process"
+        } else {
+            "worker in-process"
+        };
         let (t, l, g, f, s, m) = (
             &self.throughput,
             &self.latency,
@@ -181,8 +190,8 @@ impl BenchReport {
             Row::new(
                 "latency_p50_ms",
                 format!(
-                    "latency p50, {}/s single-row inserts for {} s",
-                    p.latency_rate_per_s, p.latency_seconds
+                    "latency p50, {}/s single-row inserts for {} s, {}",
+                    p.latency_rate_per_s, p.latency_seconds, kind
                 ),
                 "ms",
                 Some(AtMost(1.0)),
@@ -194,6 +203,20 @@ impl BenchReport {
                 "ms",
                 Some(AtMost(3.0)),
                 col(l, |r| r.p99_ms),
+            ),
+            Row::new(
+                "latency_process_p50_ms",
+                "latency p50, worker as a separate process".to_owned(),
+                "ms",
+                Some(AtMost(1.0)),
+                col(&self.latency_process, |r| r.p50_ms),
+            ),
+            Row::new(
+                "latency_process_p99_ms",
+                "latency p99, worker as a separate process".to_owned(),
+                "ms",
+                Some(AtMost(3.0)),
+                col(&self.latency_process, |r| r.p99_ms),
             ),
             Row::new(
                 "trigger_ratio",
@@ -309,25 +332,39 @@ impl BenchReport {
             ),
             Row::new(
                 "throughput_wal_bytes_per_event",
-                "  WAL per event (server-wide)".to_owned(),
+                "  WAL per event, insert + delivery (server-wide)".to_owned(),
                 "bytes",
                 None,
                 col(t, |r| r.wal_bytes_per_delivery),
             ),
             Row::new(
                 "throughput_machine_cpu_pct",
-                "  machine CPU busy during delivery".to_owned(),
+                "  machine CPU busy, commit → delivered".to_owned(),
                 "%",
                 None,
                 col(t, |r| r.cpu.machine_busy_pct),
             ),
             Row::new(
                 "throughput_bench_process_cpu_pct",
-                "  of which this process (worker, receiver)".to_owned(),
+                if p.process_workers {
+                    "  of which the bench process (receiver, load)".to_owned()
+                } else {
+                    "  of which the bench process (worker, receiver, load)".to_owned()
+                },
                 "%",
                 None,
                 col(t, |r| {
                     r.cpu.process_pct.first().copied().unwrap_or(f64::NAN)
+                }),
+            ),
+            Row::new(
+                "throughput_worker_process_cpu_pct",
+                "  of which the worker process".to_owned(),
+                "%",
+                None,
+                col(t, |r| match r.cpu.process_pct.get(1..) {
+                    Some(rest) if !rest.is_empty() => rest.iter().sum(),
+                    _ => f64::NAN,
                 }),
             ),
             Row::new(
@@ -458,6 +495,7 @@ impl BenchReport {
             json!({
                 "throughput": self.throughput,
                 "latency": self.latency,
+                "latency_process": self.latency_process,
                 "trigger": self.trigger,
                 "fanout": self.fanout,
                 "scaleout": self.scaleout,
@@ -487,7 +525,7 @@ impl BenchReport {
         let rows: Vec<Row> = self
             .rows()
             .into_iter()
-            .filter(|r| !r.samples.is_empty())
+            .filter(|r| r.median.is_some())
             .collect();
         let mut lines: Vec<[String; 6]> = vec![[
             "measure".into(),
