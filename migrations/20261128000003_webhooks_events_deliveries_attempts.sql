@@ -17,7 +17,6 @@ CREATE TABLE webhooks.events (
     snapshot   jsonb NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX events_by_clinic_time ON webhooks.events (clinic_id, created_at);
 
 CREATE TYPE webhooks.delivery_state AS ENUM ('pending', 'delivering', 'succeeded', 'failed');
 

@@ -40,6 +40,8 @@ CREATE TYPE webhooks.event_draft AS (
 -- Records the events that at least one endpoint wants, and one pending
 -- delivery per subscribed, enabled endpoint of the event's clinic; wakes the
 -- workers if there is work. A change nobody subscribed to writes nothing.
+-- Advisory lock keys (1128812, n): n = 0 the notifier slot; n > 0 (claim
+-- query) one claimer per endpoint.
 CREATE FUNCTION webhooks.enqueue(drafts webhooks.event_draft[]) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -71,7 +73,12 @@ BEGIN
     FROM target t
     ORDER BY t.n, t.endpoint_id;
     GET DIAGNOSTICS queued = ROW_COUNT;
-    IF queued > 0 THEN
+    -- NOTIFY makes PostgreSQL serialize the commits of notifying transactions
+    -- (a lock held through the WAL flush), which would cost the app its group
+    -- commit. So only one transaction at a time notifies: the one holding
+    -- this lock. The others commit freely; the worker's claim after each
+    -- wake-up, a quick second look, and its poll interval pick them up.
+    IF queued > 0 AND pg_try_advisory_xact_lock(1128812, 0) THEN
         PERFORM pg_notify('clinic_webhooks', '');
     END IF;
     RETURN queued;

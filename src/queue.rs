@@ -90,7 +90,15 @@ pub struct Claimer {
     buffer: Buffer,
     /// The last claim came back short: wait for a NOTIFY or the poll interval.
     drained: bool,
+    /// The last claim found work: look again after `LINGER`, not the poll interval.
+    busy: bool,
 }
+
+/// How soon to look again after a claim that found work. The triggers let
+/// only one concurrent transaction NOTIFY (see the triggers migration); a
+/// transaction that committed just after the notifier is found by this
+/// second look instead of waiting for the poll interval.
+const LINGER: Duration = Duration::from_millis(10);
 
 impl Claimer {
     pub fn new(
@@ -110,6 +118,7 @@ impl Claimer {
             wake,
             buffer: Arc::default(),
             drained: false,
+            busy: false,
         }
     }
 
@@ -125,9 +134,14 @@ impl Claimer {
                 };
             }
             if self.drained {
+                let patience = if self.busy {
+                    LINGER.min(self.poll_interval)
+                } else {
+                    self.poll_interval
+                };
                 tokio::select! {
                     () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.poll_interval) => {}
+                    () = tokio::time::sleep(patience) => {}
                 }
                 self.drained = false;
             }
@@ -137,6 +151,7 @@ impl Claimer {
                 Ok(rows) => {
                     backoff = Duration::from_millis(100);
                     self.drained = rows.len() < wanted;
+                    self.busy = !rows.is_empty();
                     let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
                     buffer.extend(rows.into_iter().zip(slots));
                 }

@@ -27,7 +27,7 @@ WITH endpoint_slots AS (
                       AND p.next_attempt_at <= now())
        -- One claimer per endpoint at a time (held to commit), so that two
        -- workers never both hand out the same free slots.
-       AND pg_try_advisory_xact_lock(1128812, (e.id % 2147483647)::int)
+       AND pg_try_advisory_xact_lock(1128812, (e.id % 2147483646)::int + 1)
      ORDER BY random()
 ),
 picked AS (

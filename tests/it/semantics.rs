@@ -263,3 +263,40 @@ async fn first_attempts_go_before_a_backlog_of_retries() {
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_whose_transaction_did_not_notify_is_still_delivered() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::ok().await.expect("receiver");
+    support::clinic_with_patient(&db.pool).await;
+    support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
+    let worker = InProcessWorker::start(
+        &db,
+        support::settings(&[("CLINIC_WEBHOOKS__WORKER__POLL_INTERVAL", "300ms")]),
+    );
+    // T holds the notifier slot and stays open ...
+    let mut t = db.pool.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at) VALUES (1, 1, 10, now(), now())",
+    )
+    .execute(&mut *t)
+    .await
+    .expect("insert in T");
+    // ... so U commits without a NOTIFY of its own.
+    sqlx::query(
+        "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at) VALUES (2, 1, 10, now(), now())",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("insert in U");
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        what(&got[0]).1,
+        "2",
+        "U's event arrived while T was still open"
+    );
+    t.commit().await.expect("commit T");
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(what(&got[1]).1, "1");
+    worker.stop().await;
+}
