@@ -424,6 +424,13 @@ impl BenchReport {
                 col(g, |r| r.worker_stopped.wal_bytes_per_txn),
             ),
             Row::new(
+                "insert_write_xacts_per_txn_running",
+                "  writing transactions per insert, worker delivering".to_owned(),
+                "xacts",
+                None,
+                col(g, |r| r.worker_running.write_xacts_per_txn),
+            ),
+            Row::new(
                 "fanout_write_xacts_per_1k_deliveries",
                 "  fan-out: writing transactions per 1,000 deliveries".to_owned(),
                 "xacts",

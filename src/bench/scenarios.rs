@@ -422,6 +422,9 @@ pub struct Load {
     pub seconds: f64,
     pub txns_per_s: f64,
     pub wal_bytes_per_txn: f64,
+    /// Writing transactions (server-wide) per insert: 1 when only the
+    /// inserts write; more when the worker's claims and records join in.
+    pub write_xacts_per_txn: f64,
     pub cpu: CpuUse,
 }
 
@@ -466,6 +469,7 @@ async fn insert_load(ctx: &Ctx<'_>, workers: &[Worker]) -> Result<Load> {
         seconds,
         txns_per_s: txns as f64 / seconds,
         wal_bytes_per_txn: server.wal_bytes as f64 / txns.max(1) as f64,
+        write_xacts_per_txn: server.write_xacts as f64 / txns.max(1) as f64,
         cpu,
     })
 }
