@@ -7,16 +7,18 @@
 -- subscribed endpoints, NOTIFY the workers. Rendering v1/v2 happens later, in
 -- the worker.
 
--- Whole seconds since the epoch, as the payloads carry them.
+-- Whole seconds since the epoch, as the payloads carry them. STABLE, like
+-- extract() on timestamptz: a function declared stricter than its body is
+-- never inlined, and would be planned again in every trigger statement.
 CREATE FUNCTION webhooks.unix_seconds(t timestamptz) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT floor(extract(epoch FROM t))::bigint
 $$;
 
 -- The visit part of every visit.* payload, version-neutral: ids as numbers,
 -- times as unix seconds, the status as both code and name (as of the change).
 CREATE FUNCTION webhooks.visit_snapshot(v clinic.visits, status_name text) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT jsonb_build_object(
         'id', v.id,
         'member_id', v.member_id,

@@ -39,7 +39,27 @@ pub fn describe(options: &PgConnectOptions) -> String {
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     let options: PgConnectOptions = url.parse().map_err(DbError::Url)?;
-    let options = options.application_name("clinic-webhooks");
+    open(options.application_name("clinic-webhooks"), max_connections).await
+}
+
+/// A small pool for claims only, on the same server as `main`, whose
+/// sessions use `synchronous_commit = off`: a claim lost in a server crash is
+/// harmless (the delivery is still pending, or its lease expires and it is
+/// sent again), so claims need not wait for the WAL flush. Everything that
+/// must be durable (the attempt log, delivery outcomes) uses the main pool.
+/// Connects lazily; errors surface, and are retried, where it is used.
+pub fn claim_pool(main: &PgPool) -> PgPool {
+    let options = (*main.connect_options())
+        .clone()
+        .application_name("clinic-webhooks-claimer")
+        .options([("synchronous_commit", "off")]);
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options)
+}
+
+async fn open(options: PgConnectOptions, max_connections: u32) -> Result<PgPool> {
     let target = describe(&options);
     PgPoolOptions::new()
         .max_connections(max_connections)

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::PgPool;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::db::is_transient;
 use crate::delivery::CallRecord;
@@ -71,28 +71,55 @@ impl Recorder {
     }
 }
 
+/// How the recorder writes.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    pub worker: String,
+    /// Most results in one statement.
+    pub batch: usize,
+    /// Statements in flight at once, each on its own connection: their
+    /// commits share WAL flushes (group commit) instead of queueing for them.
+    pub writers: usize,
+    pub disable_after: Duration,
+}
+
 /// Starts the recorder task; it ends when every `Recorder` is dropped and
-/// what was sent to it is written.
-/// After each write it wakes the claimer: a finished delivery may have
-/// unblocked the next event of its lane, or freed a bulkhead slot.
+/// what was sent to it is written. After each write it wakes the claimer: a
+/// finished delivery may have unblocked the next event of its lane, or freed
+/// a bulkhead slot.
 pub fn spawn(
     pool: PgPool,
-    worker: String,
-    batch: usize,
-    disable_after: Duration,
+    config: RecorderConfig,
     wake: Arc<Notify>,
 ) -> (Recorder, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Pending>(batch * 2);
+    let (tx, mut rx) = mpsc::channel::<Pending>(config.batch * 2);
     let task = tokio::spawn(async move {
-        let mut pending = Vec::with_capacity(batch);
-        while rx.recv_many(&mut pending, batch).await > 0 {
-            write_with_retry(&pool, &worker, disable_after, &pending).await;
-            wake.notify_one();
-            for (_, done) in pending.drain(..) {
-                // The handler may have been cancelled; nothing to tell it then.
-                let _ = done.send(());
+        let config = Arc::new(config);
+        let writers = Arc::new(Semaphore::new(config.writers.max(1)));
+        let mut in_flight = JoinSet::new();
+        loop {
+            // Wait for a free writer first, so that results keep gathering
+            // into the next batch while every writer is busy.
+            let Ok(writer) = writers.clone().acquire_owned().await else {
+                break;
+            };
+            let mut batch = Vec::with_capacity(config.batch);
+            if rx.recv_many(&mut batch, config.batch).await == 0 {
+                break;
             }
+            let (pool, config, wake) = (pool.clone(), config.clone(), wake.clone());
+            in_flight.spawn(async move {
+                write_with_retry(&pool, &config.worker, config.disable_after, &batch).await;
+                drop(writer);
+                wake.notify_one();
+                for (_, done) in batch {
+                    // The handler may have been cancelled; nothing to tell it then.
+                    let _ = done.send(());
+                }
+            });
+            while in_flight.try_join_next().is_some() {}
         }
+        while in_flight.join_next().await.is_some() {}
     });
     (Recorder { tx }, task)
 }

@@ -17,10 +17,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::db;
 use crate::delivery::{CallRecord, ClientError, Outgoing, Sender};
 use crate::payload::{self, EventRef, Version};
 use crate::queue::{self, CHANNEL, Claimer, Job, QueueError};
-use crate::recorder::{self, AttemptResult, Outcome, Recorder};
+use crate::recorder::{self, AttemptResult, Outcome, Recorder, RecorderConfig};
 use crate::retry::{RetryPolicy, Verdict};
 use crate::signing::SigningKey;
 
@@ -66,9 +67,15 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let (recorder, recorder_task) = recorder::spawn(
         pool.clone(),
-        name.clone(),
-        settings.worker.record_batch,
-        settings.health.disable_after,
+        RecorderConfig {
+            worker: name.clone(),
+            batch: settings.worker.record_batch,
+            // Leave connections for the claimer and lease recovery.
+            writers: (settings.database.max_connections as usize)
+                .saturating_sub(2)
+                .clamp(1, 4),
+            disable_after: settings.health.disable_after,
+        },
         wake.clone(),
     );
     let background = CancellationToken::new();
@@ -80,7 +87,7 @@ pub async fn run(
     ));
 
     let claimer = Claimer::new(
-        pool.clone(),
+        db::claim_pool(&pool),
         name.clone(),
         settings.worker.lease,
         settings.worker.poll_interval,
