@@ -226,6 +226,7 @@ async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
         "bulkhead: {hanging_calls} calls in flight to the hanging endpoint"
     );
     worker.stop().await;
+    second.stop().await;
 }
 
 #[tokio::test]
