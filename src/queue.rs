@@ -192,7 +192,7 @@ impl Claimer {
             slots.push(first);
         }
         self.take_free_now(&mut slots);
-        let worthwhile = (self.concurrency / 4).clamp(1, 64);
+        let worthwhile = (self.concurrency / 2).clamp(1, 128);
         let deadline = tokio::time::Instant::now() + GATHER;
         while slots.len() < worthwhile {
             match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {

@@ -14,6 +14,7 @@ SELECT attempt_id,
        error,
        next_attempt_at
   FROM webhooks.delivery_log
- WHERE clinic_id = :clinic_id
+ -- By endpoint, so that webhooks.attempts_by_endpoint_time serves it.
+ WHERE endpoint_id IN (SELECT id FROM webhooks.endpoints WHERE clinic_id = :clinic_id)
  ORDER BY called_at DESC, attempt_id DESC
  LIMIT :limit;
