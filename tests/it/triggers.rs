@@ -349,3 +349,41 @@ async fn migrate_twice_is_a_no_op_and_touches_only_our_schemas() {
         "only the app's own table is in public"
     );
 }
+
+#[tokio::test]
+async fn deleting_an_endpoint_deletes_its_deliveries_and_log() {
+    let db = TestDb::new().await;
+    let endpoint = clinic_with_endpoint(&db).await;
+    let p = &db.pool;
+    let other = support::endpoint(p, 1, "https://other.example.com/", "2.0").await;
+    exec(p, "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at) VALUES (1, 1, 10, now(), now())").await;
+    sqlx::query(
+        "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, url, outcome, error_kind)
+         SELECT id, endpoint_id, 1, now(), 'https://hooks.example.com/a', 'retrying', 'status'
+           FROM webhooks.deliveries",
+    )
+    .execute(p)
+    .await
+    .expect("log rows");
+    sqlx::query("DELETE FROM webhooks.endpoints WHERE id = $1")
+        .bind(endpoint)
+        .execute(p)
+        .await
+        .expect("delete endpoint");
+    let left: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = $1),
+                (SELECT count(*) FROM webhooks.attempts WHERE endpoint_id = $1)",
+    )
+    .bind(endpoint)
+    .fetch_all(p)
+    .await
+    .expect("counts");
+    assert_eq!(left, [(0, 0)]);
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = $1")
+            .bind(other)
+            .fetch_one(p)
+            .await
+            .expect("other");
+    assert_eq!(kept, 1, "the other endpoint's delivery stays");
+}
