@@ -32,8 +32,6 @@ pub enum QueueError {
     PushUnsupported,
     #[error("building the apalis backend: {0}")]
     Build(#[from] BuildError),
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
 }
 
 /// One claimed delivery, with what is needed to render, sign and send it.

@@ -70,13 +70,7 @@ async fn sigkill_mid_delivery_loses_nothing() {
     .expect("receiver");
     clinic_with_endpoint(&db, &receiver).await;
     let mut first = support::spawn_binary(&db, FAST_LEASES);
-    sqlx::query(
-        "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)
-         SELECT 1, 10, now(), now() FROM generate_series(1, 10)",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("insert visits");
+    support::visits(&db.pool, 1, 10, 10).await;
     let in_flight = receiver.wait_for(10, Duration::from_secs(15)).await;
     assert_eq!(in_flight.len(), 10);
 

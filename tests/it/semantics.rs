@@ -241,13 +241,7 @@ async fn first_attempts_go_before_a_backlog_of_retries() {
         .await
         .expect("cap");
     // Twenty deliveries that already failed once and are due again ...
-    sqlx::query(
-        "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)
-         SELECT 1, 10, now(), now() FROM generate_series(1, 20)",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("visits");
+    support::visits(&db.pool, 1, 10, 20).await;
     sqlx::query("UPDATE webhooks.deliveries SET attempts = 1, next_attempt_at = now() - interval '1 minute'")
         .execute(&db.pool)
         .await

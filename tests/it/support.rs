@@ -354,3 +354,17 @@ pub async fn visit(pool: &PgPool, clinic_id: i64, member_id: i64) -> i64 {
     .await
     .expect("insert visit")
 }
+
+/// Inserts `n` visits in one statement (one trigger run), as a bulk write does.
+pub async fn visits(pool: &PgPool, clinic_id: i64, member_id: i64, n: i64) {
+    sqlx::query(
+        "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)
+         SELECT $1, $2, now(), now() FROM generate_series(1, $3)",
+    )
+    .bind(clinic_id)
+    .bind(member_id)
+    .bind(n)
+    .execute(pool)
+    .await
+    .expect("insert visits");
+}

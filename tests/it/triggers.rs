@@ -219,12 +219,7 @@ async fn no_commit_no_webhook_and_bulk_writes_enqueue_every_row() {
         0
     );
 
-    exec(
-        p,
-        "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)
-             SELECT 1, 10, now(), now() FROM generate_series(1, 1000)",
-    )
-    .await;
+    support::visits(p, 1, 10, 1000).await;
     assert_eq!(
         count(
             p,
