@@ -74,6 +74,13 @@ struct BenchArgs {
     /// Keep the database afterwards, to look inside.
     #[arg(long)]
     keep_database: bool,
+    /// `max_in_flight` of every bench endpoint (its bulkhead).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    max_in_flight: i32,
+    /// The `clinic-webhooks` binary to run as the worker process (default:
+    /// this one), e.g. another build to compare with.
+    #[arg(long, value_name = "PATH")]
+    worker_binary: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -190,6 +197,8 @@ async fn bench(args: BenchArgs) -> Result<()> {
         steady_seconds: args.steady_secs,
         process_workers: args.process_workers,
         keep_database: args.keep_database,
+        max_in_flight: args.max_in_flight,
+        worker_binary: args.worker_binary,
         ..BenchOptions::default()
     })
     .await?;

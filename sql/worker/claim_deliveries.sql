@@ -1,16 +1,21 @@
 -- Claims up to $1 due deliveries for worker $2, leasing them for $3 seconds,
--- and returns what is needed to render, sign and send each one.
+-- from the endpoints $4 whose claim locks this transaction holds
+-- (lock_due_endpoints.sql, run just before in the same transaction), and
+-- returns what is needed to render, sign and send each one.
 --
 -- * Fair: endpoints with due work are visited in random order, so one
 --   endpoint's backlog cannot take the whole batch.
 -- * Bulkheads: an endpoint gets at most max_in_flight deliveries in flight,
---   counted across every worker process (an endpoint another worker is
---   claiming for right now is skipped, not double-booked).
+--   counted across every worker process: the claim lock makes this the only
+--   claimer of these endpoints, and this statement's snapshot, taken after
+--   the lock, sees every earlier claim.
 -- * First attempts are picked before retries (see `picked`).
 -- * Lanes: on an ordered endpoint, only the oldest unfinished delivery of a
 --   subject (a visit, a user) is due; later ones wait until it succeeds or
 --   finally fails.
--- * SKIP LOCKED: concurrent workers never wait on, or claim, the same row.
+-- * No row locks are needed to pick: nobody else claims these endpoints, and
+--   the UPDATE re-checks each row, skipping one that changed meanwhile
+--   (a redelivery, an endpoint deletion).
 WITH endpoint_slots AS (
     SELECT e.id,
            e.ordered,
@@ -19,25 +24,18 @@ WITH endpoint_slots AS (
                                WHERE f.endpoint_id = e.id
                                  AND f.state = 'delivering') AS free
       FROM webhooks.endpoints e
-     WHERE e.enabled
-       AND EXISTS (SELECT 1
-                     FROM webhooks.deliveries p
-                    WHERE p.endpoint_id = e.id
-                      AND p.state = 'pending'
-                      AND p.next_attempt_at <= now())
-       -- One claimer per endpoint at a time (held to commit), so that two
-       -- workers never both hand out the same free slots.
-       AND pg_try_advisory_xact_lock(1128812, (e.id % 2147483646)::int + 1)
+     WHERE e.id = ANY ($4::bigint[])
+       AND e.enabled
      ORDER BY random()
 ),
 picked AS (
-    SELECT p.id
+    SELECT p.id, p.attempts
       FROM endpoint_slots s
      CROSS JOIN LATERAL (
             -- First attempts before retries, so a backlog of failing
             -- deliveries cannot starve fresh events of the same endpoint.
-            SELECT f.id FROM (
-                SELECT d.id
+            SELECT f.id, f.attempts FROM (
+                SELECT d.id, d.attempts
                   FROM webhooks.deliveries d
                  WHERE d.endpoint_id = s.id
                    AND d.state = 'pending'
@@ -52,11 +50,10 @@ picked AS (
                                AND earlier.state IN ('pending', 'delivering')))
                  ORDER BY d.next_attempt_at, d.id
                  LIMIT greatest(s.free, 0)
-                   FOR UPDATE SKIP LOCKED
             ) f
             UNION ALL
-            SELECT r.id FROM (
-                SELECT d.id
+            SELECT r.id, r.attempts FROM (
+                SELECT d.id, d.attempts
                   FROM webhooks.deliveries d
                  WHERE d.endpoint_id = s.id
                    AND d.state = 'pending'
@@ -71,7 +68,6 @@ picked AS (
                                AND earlier.state IN ('pending', 'delivering')))
                  ORDER BY d.next_attempt_at, d.id
                  LIMIT greatest(s.free, 0)
-                   FOR UPDATE SKIP LOCKED
             ) r
             LIMIT greatest(s.free, 0)
            ) p
@@ -85,6 +81,8 @@ claimed AS (
            leased_by = $2
       FROM picked
      WHERE d.id = picked.id
+       AND d.state = 'pending'
+       AND d.attempts = picked.attempts
     RETURNING d.id, d.attempts, d.retry_base, d.event_id, d.endpoint_id
 )
 SELECT c.id                              AS delivery_id,

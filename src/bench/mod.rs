@@ -110,6 +110,8 @@ pub struct BenchOptions {
     pub process_workers: bool,
     /// Keep the database afterwards (to look inside); it is dropped otherwise.
     pub keep_database: bool,
+    /// `max_in_flight` of every bench endpoint (its bulkhead).
+    pub max_in_flight: i32,
     /// The binary started by `scaleout` and `memory`; default: this executable.
     pub worker_binary: Option<PathBuf>,
     /// Progress lines on stderr.
@@ -127,6 +129,7 @@ impl Default for BenchOptions {
             steady_seconds: None,
             process_workers: false,
             keep_database: false,
+            max_in_flight: 256,
             worker_binary: None,
             progress: true,
         }
@@ -155,7 +158,7 @@ impl BenchOptions {
                 .steady_seconds
                 .unwrap_or(pick(q, 60.0, 8.0))
                 .clamp(1.0, 3600.0),
-            max_in_flight: 256,
+            max_in_flight: self.max_in_flight,
             process_workers: self.process_workers,
         }
     }

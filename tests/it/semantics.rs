@@ -229,6 +229,68 @@ async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
     second.stop().await;
 }
 
+const LOCK_DUE_ENDPOINTS: &str = include_str!("../../sql/worker/lock_due_endpoints.sql");
+const CLAIM: &str = include_str!("../../sql/worker/claim_deliveries.sql");
+
+/// Runs the worker's claim protocol's first statement in `tx`.
+async fn lock_due_endpoints(tx: &mut sqlx::PgConnection) -> Vec<i64> {
+    sqlx::query_scalar(LOCK_DUE_ENDPOINTS)
+        .fetch_all(tx)
+        .await
+        .expect("lock due endpoints")
+}
+
+/// ... and its second: claims up to 100 for `worker` from `endpoints`.
+async fn claim(tx: &mut sqlx::PgConnection, worker: &str, endpoints: Vec<i64>) -> usize {
+    sqlx::query(CLAIM)
+        .bind(100_i64)
+        .bind(worker)
+        .bind(60.0_f64)
+        .bind(endpoints)
+        .fetch_all(tx)
+        .await
+        .expect("claim")
+        .len()
+}
+
+#[tokio::test]
+async fn one_claimer_per_endpoint_and_it_sees_every_earlier_claim() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, "http://127.0.0.1:9/hook", "2.0").await;
+    sqlx::query("UPDATE webhooks.endpoints SET max_in_flight = 5 WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .expect("cap");
+    support::visits(&db.pool, 1, 10, 20).await;
+
+    // Worker A holds the endpoint's claim lock and fills its bulkhead ...
+    let mut a = db.pool.begin().await.expect("begin a");
+    let locked = lock_due_endpoints(&mut a).await;
+    assert_eq!(locked, vec![id]);
+    assert_eq!(claim(&mut a, "a", locked).await, 5);
+    // ... so worker B, meanwhile, gets no lock and claims nothing.
+    let mut b = db.pool.begin().await.expect("begin b");
+    assert_eq!(lock_due_endpoints(&mut b).await, Vec::<i64>::new());
+    b.commit().await.expect("commit b");
+    a.commit().await.expect("commit a");
+
+    // After A commits, B gets the lock, and its claim sees A's five in
+    // flight: the bulkhead is full, nothing more is handed out.
+    let mut b = db.pool.begin().await.expect("begin b again");
+    let locked = lock_due_endpoints(&mut b).await;
+    assert_eq!(locked, vec![id]);
+    assert_eq!(claim(&mut b, "b", locked).await, 0);
+    b.commit().await.expect("commit b again");
+    let in_flight: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhooks.deliveries WHERE state = 'delivering'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(in_flight, 5);
+}
+
 #[tokio::test]
 async fn first_attempts_go_before_a_backlog_of_retries() {
     let db = TestDb::new().await;
