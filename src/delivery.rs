@@ -141,8 +141,11 @@ impl Sender {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(http.connect_timeout)
             .timeout(http.timeout)
+            // Every connection that was busy may stay idle (the worker's
+            // concurrency bounds how many there are): a cap below an
+            // endpoint's bulkhead would close and reopen connections between
+            // bursts, at a connect, a fresh read buffer and a TIME_WAIT each.
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .dns_resolver(GuardedResolver {
                 allow_private: http.allow_private_targets,
