@@ -223,7 +223,13 @@ async fn run(settings: &Settings, pool: PgPool) -> Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    worker::run(settings, pool, shutdown).await?;
+    // On a runtime thread, not the main thread that only blocks on `main`:
+    // the handlers then run beside the HTTP connections' tasks and wake
+    // them without waking another thread.
+    let settings = settings.clone();
+    tokio::spawn(async move { worker::run(&settings, pool, shutdown).await })
+        .await
+        .context("the worker task panicked")??;
     Ok(())
 }
 
