@@ -1,6 +1,6 @@
 //! Our queue under apalis: `webhooks.deliveries` is claimed in batches by one
-//! short transaction (`sql/worker/lock_due_endpoints.sql`, then
-//! `sql/worker/claim_deliveries.sql`), woken by LISTEN/NOTIFY, and
+//! call of `webhooks.claim_deliveries` (`sql/worker/claim_deliveries.sql`),
+//! woken by LISTEN/NOTIFY, and
 //! fed to the apalis worker through apalis-core's custom backend.
 //!
 //! Capacity is a semaphore of `worker.concurrency` slots. The claimer takes
@@ -24,7 +24,6 @@ use uuid::Uuid;
 /// The NOTIFY channel the triggers and redelivery functions signal.
 pub const CHANNEL: &str = "clinic_webhooks";
 
-const LOCK_DUE_ENDPOINTS: &str = include_str!("../sql/worker/lock_due_endpoints.sql");
 const CLAIM: &str = include_str!("../sql/worker/claim_deliveries.sql");
 const RELEASE_UNSTARTED: &str = include_str!("../sql/worker/release_unstarted.sql");
 
@@ -212,29 +211,17 @@ impl Claimer {
         }
     }
 
-    /// One short transaction: lock the endpoints with due work that nobody
-    /// else is claiming for, then claim from them. Two statements, so that
-    /// the claim's snapshot sees every claim committed before the locks were
-    /// taken (see `lock_due_endpoints.sql`). The claim pool's sessions commit
-    /// asynchronously (see `db::claim_pool`).
+    /// One round trip, one transaction: `webhooks.claim_deliveries` locks
+    /// the endpoints with due work that nobody else is claiming for, then
+    /// claims from them. The claim pool's sessions commit asynchronously
+    /// (see `db::claim_pool`).
     async fn claim(&self, limit: usize) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let endpoints: Vec<i64> = sqlx::query_scalar(LOCK_DUE_ENDPOINTS)
-            .fetch_all(&mut *tx)
-            .await?;
-        let claimed = if endpoints.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as::<_, ClaimedDelivery>(CLAIM)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .bind(&self.worker)
-                .bind(self.lease.as_secs_f64())
-                .bind(endpoints)
-                .fetch_all(&mut *tx)
-                .await?
-        };
-        tx.commit().await?;
-        Ok(claimed)
+        sqlx::query_as::<_, ClaimedDelivery>(CLAIM)
+            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+            .bind(&self.worker)
+            .bind(self.lease.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Hands back what was claimed but never started (on shutdown).

@@ -229,24 +229,14 @@ async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
     second.stop().await;
 }
 
-const LOCK_DUE_ENDPOINTS: &str = include_str!("../../sql/worker/lock_due_endpoints.sql");
 const CLAIM: &str = include_str!("../../sql/worker/claim_deliveries.sql");
 
-/// Runs the worker's claim protocol's first statement in `tx`.
-async fn lock_due_endpoints(tx: &mut sqlx::PgConnection) -> Vec<i64> {
-    sqlx::query_scalar(LOCK_DUE_ENDPOINTS)
-        .fetch_all(tx)
-        .await
-        .expect("lock due endpoints")
-}
-
-/// ... and its second: claims up to 100 for `worker` from `endpoints`.
-async fn claim(tx: &mut sqlx::PgConnection, worker: &str, endpoints: Vec<i64>) -> usize {
+/// The worker's claim: up to 100 deliveries for `worker`, in `tx`.
+async fn claim(tx: &mut sqlx::PgConnection, worker: &str) -> usize {
     sqlx::query(CLAIM)
-        .bind(100_i64)
+        .bind(100_i32)
         .bind(worker)
         .bind(60.0_f64)
-        .bind(endpoints)
         .fetch_all(tx)
         .await
         .expect("claim")
@@ -265,23 +255,19 @@ async fn one_claimer_per_endpoint_and_it_sees_every_earlier_claim() {
         .expect("cap");
     support::visits(&db.pool, 1, 10, 20).await;
 
-    // Worker A holds the endpoint's claim lock and fills its bulkhead ...
+    // Worker A's claim fills the bulkhead and holds the endpoint's claim
+    // lock until A commits ...
     let mut a = db.pool.begin().await.expect("begin a");
-    let locked = lock_due_endpoints(&mut a).await;
-    assert_eq!(locked, vec![id]);
-    assert_eq!(claim(&mut a, "a", locked).await, 5);
-    // ... so worker B, meanwhile, gets no lock and claims nothing.
+    assert_eq!(claim(&mut a, "a").await, 5);
+    // ... so worker B, meanwhile, claims nothing ...
     let mut b = db.pool.begin().await.expect("begin b");
-    assert_eq!(lock_due_endpoints(&mut b).await, Vec::<i64>::new());
+    assert_eq!(claim(&mut b, "b").await, 0);
     b.commit().await.expect("commit b");
     a.commit().await.expect("commit a");
-
-    // After A commits, B gets the lock, and its claim sees A's five in
-    // flight: the bulkhead is full, nothing more is handed out.
+    // ... and after A commits, B's claim sees A's five in flight: the
+    // bulkhead is full, nothing more is handed out.
     let mut b = db.pool.begin().await.expect("begin b again");
-    let locked = lock_due_endpoints(&mut b).await;
-    assert_eq!(locked, vec![id]);
-    assert_eq!(claim(&mut b, "b", locked).await, 0);
+    assert_eq!(claim(&mut b, "b").await, 0);
     b.commit().await.expect("commit b again");
     let in_flight: i64 =
         sqlx::query_scalar("SELECT count(*) FROM webhooks.deliveries WHERE state = 'delivering'")
@@ -289,6 +275,52 @@ async fn one_claimer_per_endpoint_and_it_sees_every_earlier_claim() {
             .await
             .expect("count");
     assert_eq!(in_flight, 5);
+}
+
+#[tokio::test]
+async fn a_claim_locks_only_endpoints_with_due_work_and_no_more_than_it_can_fill() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    for i in 0..6 {
+        support::endpoint(&db.pool, 1, &format!("http://127.0.0.1:9/{i}"), "2.0").await;
+    }
+    support::visit(&db.pool, 1, 10).await;
+    // Two endpoints have nothing due: they must not be locked.
+    sqlx::query("DELETE FROM webhooks.deliveries WHERE endpoint_id IN (SELECT id FROM webhooks.endpoints ORDER BY id LIMIT 2)")
+        .execute(&db.pool)
+        .await
+        .expect("delete");
+    let advisory_locks =
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()";
+
+    let mut tx = db.pool.begin().await.expect("begin");
+    let claimed = sqlx::query(CLAIM)
+        .bind(2_i32)
+        .bind("w")
+        .bind(60.0_f64)
+        .fetch_all(&mut *tx)
+        .await
+        .expect("claim")
+        .len();
+    assert_eq!(claimed, 2);
+    let locks: i64 = sqlx::query_scalar(advisory_locks)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("locks");
+    assert_eq!(
+        locks, 2,
+        "a claim of 2 locks 2 of the 4 endpoints with due work"
+    );
+    tx.rollback().await.expect("rollback");
+
+    let mut tx = db.pool.begin().await.expect("begin");
+    assert_eq!(claim(&mut tx, "w").await, 4);
+    let locks: i64 = sqlx::query_scalar(advisory_locks)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("locks");
+    assert_eq!(locks, 4, "endpoints without due work are not locked");
+    tx.commit().await.expect("commit");
 }
 
 #[tokio::test]
