@@ -466,3 +466,59 @@ async fn the_named_sql_files_run_in_psql_and_the_cli_redelivers() {
     assert!(!out.status.success(), "a bad argument is an error");
     worker.stop().await;
 }
+
+/// The admin panel's read-only role reads the log, the health views and the
+/// endpoint settings, and nothing that holds a secret or changes anything.
+#[tokio::test]
+async fn the_reader_role_reads_the_log_but_no_secret_and_changes_nothing() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    support::endpoint(&db.pool, 1, "http://127.0.0.1:9/hook", "2.0").await;
+    support::visit(&db.pool, 1, 10).await;
+
+    let mut conn = db.pool.acquire().await.expect("connection");
+    sqlx::query("SET ROLE clinic_webhooks_reader")
+        .execute(&mut *conn)
+        .await
+        .expect("the migration creates clinic_webhooks_reader");
+    for allowed in [
+        "SELECT count(*) FROM webhooks.delivery_log",
+        "SELECT count(*) FROM webhooks.delivery_log_detail",
+        "SELECT count(*) FROM webhooks.queue_overview",
+        "SELECT count(*) FROM webhooks.endpoint_health",
+        "SELECT count(url) FROM webhooks.endpoints",
+    ] {
+        sqlx::query(allowed)
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{allowed}: {e}"));
+    }
+    for refused in [
+        "SELECT secret FROM webhooks.endpoints",
+        "SELECT count(*) FROM webhooks.deliveries",
+        "SELECT count(*) FROM webhooks.attempts",
+        "SELECT count(*) FROM webhooks.claim_deliveries(10, 'reader', 60)",
+        "SELECT webhooks.redeliver(1)",
+        "UPDATE webhooks.endpoints SET enabled = false",
+    ] {
+        let err = sqlx::query(refused)
+            .execute(&mut *conn)
+            .await
+            .expect_err(refused);
+        let code = err
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{refused}: {err}");
+    }
+    sqlx::query("RESET ROLE")
+        .execute(&mut *conn)
+        .await
+        .expect("reset");
+    let pending: i64 = scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.deliveries WHERE state = 'pending'",
+    )
+    .await;
+    assert_eq!(pending, 1, "nothing was claimed through the reader role");
+}
