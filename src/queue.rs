@@ -1,7 +1,7 @@
 //! Our queue under apalis: `webhooks.deliveries` is claimed in batches by one
 //! call of `webhooks.claim_deliveries` (`sql/worker/claim_deliveries.sql`),
-//! woken by LISTEN/NOTIFY, and
-//! fed to the apalis worker through apalis-core's custom backend.
+//! woken by LISTEN/NOTIFY, and fed to the apalis worker through apalis-core's
+//! custom backend.
 //!
 //! Capacity is a semaphore of `worker.concurrency` slots. The claimer takes
 //! free slots first and claims at most that many deliveries, so nothing is
