@@ -41,3 +41,6 @@ SELECT e.id AS endpoint_id,
                    AND at.started_at > now() - interval '1 day'
                    AND at.outcome <> 'abandoned') a
        ) s;
+
+-- Its only caller is gone, and it would repeat the view's aggregates.
+DROP FUNCTION webhooks.endpoint_call_stats(bigint, interval);

@@ -200,11 +200,7 @@ async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
     .expect("receiver");
     support::clinic_with_patient(&db.pool).await;
     let hangs = support::endpoint(&db.pool, 1, &receiver.url("/hangs"), "2.0").await;
-    sqlx::query("UPDATE webhooks.endpoints SET max_in_flight = 4 WHERE id = $1")
-        .bind(hangs)
-        .execute(&db.pool)
-        .await
-        .expect("cap");
+    support::max_in_flight(&db.pool, hangs, 4).await;
     support::endpoint(&db.pool, 1, &receiver.url("/healthy"), "2.0").await;
     // Two workers with eight slots each: without the bulkhead, the hanging
     // endpoint would take every slot; the cap holds across both processes.
@@ -231,10 +227,10 @@ async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
 
 const CLAIM: &str = include_str!("../../sql/worker/claim_deliveries.sql");
 
-/// The worker's claim: up to 100 deliveries for `worker`, in `tx`.
-async fn claim(tx: &mut sqlx::PgConnection, worker: &str) -> usize {
+/// The worker's claim: up to `limit` deliveries for `worker`, in `tx`.
+async fn claim(tx: &mut sqlx::PgConnection, worker: &str, limit: i32) -> usize {
     sqlx::query(CLAIM)
-        .bind(100_i32)
+        .bind(limit)
         .bind(worker)
         .bind(60.0_f64)
         .fetch_all(tx)
@@ -248,26 +244,22 @@ async fn one_claimer_per_endpoint_and_it_sees_every_earlier_claim() {
     let db = TestDb::new().await;
     support::clinic_with_patient(&db.pool).await;
     let id = support::endpoint(&db.pool, 1, "http://127.0.0.1:9/hook", "2.0").await;
-    sqlx::query("UPDATE webhooks.endpoints SET max_in_flight = 5 WHERE id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .expect("cap");
+    support::max_in_flight(&db.pool, id, 5).await;
     support::visits(&db.pool, 1, 10, 20).await;
 
     // Worker A's claim fills the bulkhead and holds the endpoint's claim
     // lock until A commits ...
     let mut a = db.pool.begin().await.expect("begin a");
-    assert_eq!(claim(&mut a, "a").await, 5);
+    assert_eq!(claim(&mut a, "a", 100).await, 5);
     // ... so worker B, meanwhile, claims nothing ...
     let mut b = db.pool.begin().await.expect("begin b");
-    assert_eq!(claim(&mut b, "b").await, 0);
+    assert_eq!(claim(&mut b, "b", 100).await, 0);
     b.commit().await.expect("commit b");
     a.commit().await.expect("commit a");
     // ... and after A commits, B's claim sees A's five in flight: the
     // bulkhead is full, nothing more is handed out.
     let mut b = db.pool.begin().await.expect("begin b again");
-    assert_eq!(claim(&mut b, "b").await, 0);
+    assert_eq!(claim(&mut b, "b", 100).await, 0);
     b.commit().await.expect("commit b again");
     let in_flight: i64 =
         sqlx::query_scalar("SELECT count(*) FROM webhooks.deliveries WHERE state = 'delivering'")
@@ -294,14 +286,7 @@ async fn a_claim_locks_only_endpoints_with_due_work_and_no_more_than_it_can_fill
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()";
 
     let mut tx = db.pool.begin().await.expect("begin");
-    let claimed = sqlx::query(CLAIM)
-        .bind(2_i32)
-        .bind("w")
-        .bind(60.0_f64)
-        .fetch_all(&mut *tx)
-        .await
-        .expect("claim")
-        .len();
+    let claimed = claim(&mut tx, "w", 2).await;
     assert_eq!(claimed, 2);
     let locks: i64 = sqlx::query_scalar(advisory_locks)
         .fetch_one(&mut *tx)
@@ -314,7 +299,7 @@ async fn a_claim_locks_only_endpoints_with_due_work_and_no_more_than_it_can_fill
     tx.rollback().await.expect("rollback");
 
     let mut tx = db.pool.begin().await.expect("begin");
-    assert_eq!(claim(&mut tx, "w").await, 4);
+    assert_eq!(claim(&mut tx, "w", 100).await, 4);
     let locks: i64 = sqlx::query_scalar(advisory_locks)
         .fetch_one(&mut *tx)
         .await
@@ -329,11 +314,7 @@ async fn first_attempts_go_before_a_backlog_of_retries() {
     let receiver = Receiver::ok().await.expect("receiver");
     support::clinic_with_patient(&db.pool).await;
     let id = support::endpoint(&db.pool, 1, &receiver.url("/one-at-a-time"), "2.0").await;
-    sqlx::query("UPDATE webhooks.endpoints SET max_in_flight = 1 WHERE id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .expect("cap");
+    support::max_in_flight(&db.pool, id, 1).await;
     // Twenty deliveries that already failed once and are due again ...
     support::visits(&db.pool, 1, 10, 20).await;
     sqlx::query("UPDATE webhooks.deliveries SET attempts = 1, next_attempt_at = now() - interval '1 minute'")

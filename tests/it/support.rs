@@ -334,6 +334,16 @@ pub async fn endpoint(pool: &PgPool, clinic_id: i64, url: &str, version: &str) -
     .expect("insert endpoint")
 }
 
+/// Sets an endpoint's bulkhead (`max_in_flight`).
+pub async fn max_in_flight(pool: &PgPool, endpoint_id: i64, n: i32) {
+    sqlx::query("UPDATE webhooks.endpoints SET max_in_flight = $2 WHERE id = $1")
+        .bind(endpoint_id)
+        .bind(n)
+        .execute(pool)
+        .await
+        .expect("set max_in_flight");
+}
+
 pub async fn secret_of(pool: &PgPool, endpoint_id: i64) -> String {
     sqlx::query_scalar("SELECT secret FROM webhooks.endpoints WHERE id = $1")
         .bind(endpoint_id)
