@@ -154,8 +154,15 @@ impl Claimer {
             }
             let slots = self.take_free_slots().await;
             let wanted = slots.len();
+            let started = std::time::Instant::now();
             match self.claim(wanted).await {
                 Ok(rows) => {
+                    tracing::debug!(
+                        wanted,
+                        claimed = rows.len(),
+                        ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "claim"
+                    );
                     backoff = Duration::from_millis(100);
                     self.drained = rows.len() < wanted;
                     self.busy = !rows.is_empty();

@@ -123,7 +123,13 @@ pub fn spawn(
             }
             let (pool, config, wake) = (pool.clone(), config.clone(), wake.clone());
             in_flight.spawn(async move {
+                let started = std::time::Instant::now();
                 write_with_retry(&pool, &config.worker, config.disable_after, &batch).await;
+                tracing::debug!(
+                    rows = batch.len(),
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "recorded"
+                );
                 drop(writer);
                 wake.notify_one();
                 for (_, done) in batch {

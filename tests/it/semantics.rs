@@ -308,6 +308,43 @@ async fn a_claim_locks_only_endpoints_with_due_work_and_no_more_than_it_can_fill
     tx.commit().await.expect("commit");
 }
 
+/// A queue table's statistics are always stale: the planner saw it empty, and
+/// now thousands of deliveries are due. A claim must still read only what it
+/// takes (plus the bulkhead count), not every due delivery: the claim runs
+/// back to back under load, so a plan that scans the backlog makes every
+/// claim as slow as the backlog is long.
+#[tokio::test]
+async fn a_claim_reads_what_it_takes_not_the_whole_backlog_even_on_stale_statistics() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, "http://127.0.0.1:9/hook", "2.0").await;
+    support::max_in_flight(&db.pool, id, 100).await;
+    sqlx::query("ANALYZE webhooks.deliveries")
+        .execute(&db.pool)
+        .await
+        .expect("analyze the empty queue");
+    support::visits(&db.pool, 1, 10, 3000).await;
+
+    let mut tx = db.pool.begin().await.expect("begin");
+    // Five claims, so that PL/pgSQL has settled on its cached plans.
+    for _ in 0..5 {
+        assert_eq!(claim(&mut tx, "w", 10).await, 10);
+    }
+    let (fetched, scanned): (i64, i64) = sqlx::query_as(
+        "SELECT idx_tup_fetch, seq_tup_read FROM pg_stat_xact_user_tables
+          WHERE schemaname = 'webhooks' AND relname = 'deliveries'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("this transaction's reads of webhooks.deliveries");
+    assert_eq!(scanned, 0, "no sequential scan of the queue");
+    assert!(
+        fetched < 600,
+        "5 claims of 10 from 3,000 due deliveries fetched {fetched} rows"
+    );
+    tx.rollback().await.expect("rollback");
+}
+
 #[tokio::test]
 async fn first_attempts_go_before_a_backlog_of_retries() {
     let db = TestDb::new().await;
