@@ -126,6 +126,15 @@ impl BenchDb {
         Ok(())
     }
 
+    /// Empties the queue and the log, keeping the endpoints.
+    pub async fn clear_queue(&self) -> Result<()> {
+        sqlx::query("TRUNCATE webhooks.attempts, webhooks.deliveries, webhooks.events")
+            .execute(&self.pool)
+            .await
+            .context("emptying the bench queue")?;
+        Ok(())
+    }
+
     /// A checkpoint, so that every measured run starts from the same state
     /// (and no scheduled checkpoint lands inside a short run). Needs a
     /// superuser or pg_checkpoint; skipped without.
