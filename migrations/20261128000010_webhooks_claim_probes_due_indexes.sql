@@ -4,7 +4,9 @@
 -- start of a burst), it chose to hash every due delivery of every endpoint
 -- once per claim. Under a backlog of 20,000, that was half of each claim's
 -- time (BENCHMARKS.md, third session). Now it probes each endpoint's two
--- due indexes with scalar subqueries, which are never turned into joins.
+-- due indexes with scalar subqueries, which are never turned into joins,
+-- ordered as their index is, so they use it even on a plan cached while the
+-- queue was empty.
 -- Otherwise unchanged from migrations/*_webhooks_claim_function.sql.
 CREATE OR REPLACE FUNCTION webhooks.claim_deliveries(p_limit integer, p_worker text,
                                           p_lease_seconds double precision)
@@ -25,15 +27,18 @@ BEGIN
               FROM (SELECT e.id
                       FROM webhooks.endpoints e
                      WHERE e.enabled
-                       -- One probe per endpoint into each due index (scalar
-                       -- subqueries are never turned into joins), however
-                       -- few rows the statistics say are pending.
+                       -- One probe per endpoint into each due index: scalar
+                       -- subqueries are never turned into joins, and the
+                       -- ORDER BY keeps each on its index however few rows
+                       -- the statistics (or a plan cached while the queue
+                       -- was empty) say there are.
                        AND coalesce((SELECT true
                                        FROM webhooks.deliveries p
                                       WHERE p.endpoint_id = e.id
                                         AND p.state = 'pending'
                                         AND p.attempts = p.retry_base
                                         AND p.next_attempt_at <= now()
+                                      ORDER BY p.next_attempt_at
                                       LIMIT 1),
                                     (SELECT true
                                        FROM webhooks.deliveries p
@@ -41,6 +46,7 @@ BEGIN
                                         AND p.state = 'pending'
                                         AND p.attempts > p.retry_base
                                         AND p.next_attempt_at <= now()
+                                      ORDER BY p.next_attempt_at
                                       LIMIT 1),
                                     false)
                        AND e.max_in_flight > (SELECT count(*)

@@ -345,6 +345,44 @@ async fn a_claim_reads_what_it_takes_not_the_whole_backlog_even_on_stale_statist
     tx.rollback().await.expect("rollback");
 }
 
+/// PL/pgSQL keeps a claim's plan for the session. A worker that started on
+/// an empty queue planned on an empty table; when the queue has grown, a
+/// claim must still use its indexes (here: the probe for due retries, with
+/// 3,000 retries not yet due).
+#[tokio::test]
+async fn a_claim_stays_on_its_indexes_after_planning_on_an_empty_queue() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    support::endpoint(&db.pool, 1, "http://127.0.0.1:9/hook", "2.0").await;
+    let mut worker = db.pool.acquire().await.expect("the worker's session");
+    for _ in 0..8 {
+        assert_eq!(claim(&mut worker, "w", 10).await, 0);
+    }
+    support::visits(&db.pool, 1, 10, 3000).await;
+    sqlx::query(
+        "UPDATE webhooks.deliveries SET attempts = 1, next_attempt_at = now() + interval '1 hour'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("make them retries, not yet due");
+
+    let mut tx = sqlx::Connection::begin(&mut *worker).await.expect("begin");
+    assert_eq!(claim(&mut tx, "w", 10).await, 0);
+    let (fetched, scanned): (i64, i64) = sqlx::query_as(
+        "SELECT idx_tup_fetch, seq_tup_read FROM pg_stat_xact_user_tables
+          WHERE schemaname = 'webhooks' AND relname = 'deliveries'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("this transaction's reads of webhooks.deliveries");
+    assert_eq!(scanned, 0, "no sequential scan of the queue");
+    assert!(
+        fetched < 100,
+        "a claim with nothing due fetched {fetched} rows"
+    );
+    tx.rollback().await.expect("rollback");
+}
+
 #[tokio::test]
 async fn first_attempts_go_before_a_backlog_of_retries() {
     let db = TestDb::new().await;
