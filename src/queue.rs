@@ -67,11 +67,22 @@ impl std::fmt::Debug for ClaimedDelivery {
     }
 }
 
-/// The apalis task: a claimed delivery holding one capacity slot until done.
+/// The apalis task: a claimed delivery holding one capacity slot until its
+/// call is done and its result handed to the recorder.
 #[derive(Debug)]
 pub struct Job {
     pub delivery: ClaimedDelivery,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Job {
+    /// Frees the capacity slot: the call is over and its result is queued
+    /// for the log. The delivery stays in flight (and in its endpoint's
+    /// bulkhead) until the result is committed.
+    pub fn release_slot(self) -> ClaimedDelivery {
+        drop(self.slot);
+        self.delivery
+    }
 }
 
 type Buffer = Arc<Mutex<VecDeque<(ClaimedDelivery, OwnedSemaphorePermit)>>>;
@@ -135,10 +146,7 @@ impl Claimer {
         let mut backoff = Duration::from_millis(100);
         loop {
             if let Some((delivery, slot)) = self.pop_buffered() {
-                return Job {
-                    delivery,
-                    _slot: slot,
-                };
+                return Job { delivery, slot };
             }
             if self.drained {
                 let patience = if self.busy {

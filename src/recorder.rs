@@ -60,14 +60,24 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Returns once the result is committed.
-    pub async fn record(&self, result: AttemptResult) -> Result<(), RecorderStopped> {
+    /// Hands the result over (waiting while the recorder's queue is full);
+    /// the returned `Committed` resolves once it is durable.
+    pub async fn submit(&self, result: AttemptResult) -> Result<Committed, RecorderStopped> {
         let (done, committed) = oneshot::channel();
         self.tx
             .send((result, done))
             .await
             .map_err(|_| RecorderStopped)?;
-        committed.await.map_err(|_| RecorderStopped)
+        Ok(Committed(committed))
+    }
+}
+
+/// A submitted result, until it is committed.
+pub struct Committed(oneshot::Receiver<()>);
+
+impl Committed {
+    pub async fn wait(self) -> Result<(), RecorderStopped> {
+        self.0.await.map_err(|_| RecorderStopped)
     }
 }
 

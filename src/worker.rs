@@ -193,9 +193,9 @@ async fn handle(job: Job, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynErr
             "delivery failed for good"
         );
     }
-    pipeline
+    let committed = pipeline
         .recorder
-        .record(AttemptResult {
+        .submit(AttemptResult {
             delivery_id: d.delivery_id,
             endpoint_id: d.endpoint_id,
             attempt: d.attempt,
@@ -204,6 +204,10 @@ async fn handle(job: Job, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynErr
             retry_in,
         })
         .await?;
+    // The slot bounds calls, not log writes: let the claimer use it while
+    // this result waits for its batch to commit.
+    job.release_slot();
+    committed.wait().await?;
     Ok(())
 }
 

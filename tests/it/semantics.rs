@@ -225,6 +225,40 @@ async fn a_hanging_endpoint_cannot_take_the_capacity_of_a_healthy_one() {
     second.stop().await;
 }
 
+/// `worker.concurrency` is the number of requests in flight in a process:
+/// with 3 slots and a receiver that answers after 300 ms, no 4 requests
+/// arrive within 250 ms of each other. (A slot is freed when its call is
+/// over and its result queued for the log; the log write is not a request.)
+#[tokio::test]
+async fn worker_concurrency_bounds_the_requests_in_flight() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start(Arc::new(|_, _| {
+        Reply::status(200).delay(Duration::from_millis(300))
+    }))
+    .await
+    .expect("receiver");
+    support::clinic_with_patient(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, &receiver.url("/slow"), "2.0").await;
+    support::max_in_flight(&db.pool, id, 100).await;
+    let worker = InProcessWorker::start(
+        &db,
+        support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "3")]),
+    );
+    support::visits(&db.pool, 1, 10, 9).await;
+    let got = receiver.wait_for(9, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 9);
+    let mut at: Vec<_> = got.iter().map(|r| r.at).collect();
+    at.sort();
+    for w in at.windows(4) {
+        assert!(
+            w[3] - w[0] >= Duration::from_millis(250),
+            "4 requests within {:?}: more than 3 in flight",
+            w[3] - w[0]
+        );
+    }
+    worker.stop().await;
+}
+
 const CLAIM: &str = include_str!("../../sql/worker/claim_deliveries.sql");
 
 /// The worker's claim: up to `limit` deliveries for `worker`, in `tx`.
