@@ -342,6 +342,20 @@ async fn a_claim_locks_only_endpoints_with_due_work_and_no_more_than_it_can_fill
     tx.commit().await.expect("commit");
 }
 
+/// Rows of `webhooks.deliveries` this transaction fetched through indexes;
+/// fails if it scanned the table.
+async fn queue_rows_read(tx: &mut sqlx::PgConnection) -> i64 {
+    let (fetched, scanned): (i64, i64) = sqlx::query_as(
+        "SELECT idx_tup_fetch, seq_tup_read FROM pg_stat_xact_user_tables
+          WHERE schemaname = 'webhooks' AND relname = 'deliveries'",
+    )
+    .fetch_one(tx)
+    .await
+    .expect("this transaction's reads of webhooks.deliveries");
+    assert_eq!(scanned, 0, "no sequential scan of the queue");
+    fetched
+}
+
 /// A queue table's statistics are always stale: the planner saw it empty, and
 /// now thousands of deliveries are due. A claim must still read only what it
 /// takes (plus the bulkhead count), not every due delivery: the claim runs
@@ -364,14 +378,7 @@ async fn a_claim_reads_what_it_takes_not_the_whole_backlog_even_on_stale_statist
     for _ in 0..5 {
         assert_eq!(claim(&mut tx, "w", 10).await, 10);
     }
-    let (fetched, scanned): (i64, i64) = sqlx::query_as(
-        "SELECT idx_tup_fetch, seq_tup_read FROM pg_stat_xact_user_tables
-          WHERE schemaname = 'webhooks' AND relname = 'deliveries'",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .expect("this transaction's reads of webhooks.deliveries");
-    assert_eq!(scanned, 0, "no sequential scan of the queue");
+    let fetched = queue_rows_read(&mut tx).await;
     assert!(
         fetched < 600,
         "5 claims of 10 from 3,000 due deliveries fetched {fetched} rows"
@@ -402,14 +409,7 @@ async fn a_claim_stays_on_its_indexes_after_planning_on_an_empty_queue() {
 
     let mut tx = sqlx::Connection::begin(&mut *worker).await.expect("begin");
     assert_eq!(claim(&mut tx, "w", 10).await, 0);
-    let (fetched, scanned): (i64, i64) = sqlx::query_as(
-        "SELECT idx_tup_fetch, seq_tup_read FROM pg_stat_xact_user_tables
-          WHERE schemaname = 'webhooks' AND relname = 'deliveries'",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .expect("this transaction's reads of webhooks.deliveries");
-    assert_eq!(scanned, 0, "no sequential scan of the queue");
+    let fetched = queue_rows_read(&mut tx).await;
     assert!(
         fetched < 100,
         "a claim with nothing due fetched {fetched} rows"
