@@ -79,9 +79,8 @@ impl Job {
     /// Frees the capacity slot: the call is over and its result is queued
     /// for the log. The delivery stays in flight (and in its endpoint's
     /// bulkhead) until the result is committed.
-    pub fn release_slot(self) -> ClaimedDelivery {
+    pub fn release_slot(self) {
         drop(self.slot);
-        self.delivery
     }
 }
 
