@@ -259,6 +259,49 @@ async fn worker_concurrency_bounds_the_requests_in_flight() {
     worker.stop().await;
 }
 
+/// A call frees its slot once its result is queued for the log, not when
+/// the log write commits: with 1 slot and the log blocked, all 3 calls are
+/// made; nothing is lost, and each is logged once the log is writable.
+#[tokio::test]
+async fn a_call_frees_its_slot_before_its_log_write_commits() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::ok().await.expect("receiver");
+    support::clinic_with_patient(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
+    support::max_in_flight(&db.pool, id, 100).await;
+    let mut log_blocked = db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE webhooks.attempts IN EXCLUSIVE MODE")
+        .execute(&mut *log_blocked)
+        .await
+        .expect("block writes to the log");
+    let worker = InProcessWorker::start(
+        &db,
+        support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "1")]),
+    );
+    support::visits(&db.pool, 1, 10, 3).await;
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        got.len(),
+        3,
+        "one slot, three calls while the log is blocked"
+    );
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks.attempts")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count attempts");
+    assert_eq!(logged, 0, "the log writes wait for the lock");
+
+    log_blocked.rollback().await.expect("unblock the log");
+    support::wait_for_scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.deliveries WHERE state = 'succeeded'",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.stop().await;
+}
+
 const CLAIM: &str = include_str!("../../sql/worker/claim_deliveries.sql");
 
 /// The worker's claim: up to `limit` deliveries for `worker`, in `tx`.
