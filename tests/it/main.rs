@@ -3,6 +3,7 @@
 
 mod admin;
 mod delivery;
+mod fan_out;
 mod lifecycle;
 mod payloads;
 mod semantics;
