@@ -53,23 +53,9 @@ INSERT INTO webhooks.fan_out_position (done) VALUES (pg_current_snapshot());
 -- Fans out every event committed since the last fan-out: one delivery per
 -- endpoint recorded in the event that still exists (a deleted endpoint gets
 -- nothing; a disabled one gets its deliveries, held until it is enabled, as
--- before). `created` is the number of deliveries made, NULL when another
+-- before). Returns the number of deliveries created, or NULL when another
 -- transaction is fanning out right now (it will take these events).
---
--- With p_claim_limit > 0 (the worker's claim), deliveries to an endpoint
--- with nothing pending or in flight are made already claimed by p_worker,
--- up to p_claim_limit in all and max_in_flight per endpoint, one per subject
--- on an ordered endpoint; their ids are in `claimed`. So a quiet endpoint's
--- new event is written once, not written and then claimed: the claim's
--- UPDATE of every delivery is the cost it saves, on the latency path. The
--- endpoint's claim lock is taken first, as the claim does, so bulkheads stay
--- exact across processes. Everything else waits as 'pending' for the claim.
-CREATE FUNCTION webhooks.fan_out_events(
-    p_claim_limit integer DEFAULT 0,
-    p_worker text DEFAULT NULL,
-    p_lease_seconds double precision DEFAULT NULL,
-    OUT created integer,
-    OUT claimed bigint[])
+CREATE FUNCTION webhooks.fan_out_events() RETURNS integer
 LANGUAGE plpgsql
 -- Its estimates are poor (a snapshot range, arrays of endpoints) and large
 -- enough to make PostgreSQL compile it with JIT: 0.4 s for a 20,000-event
@@ -78,35 +64,14 @@ SET jit = off
 AS $$
 DECLARE
     done_before pg_snapshot;
-    quiet bigint[] := '{}';
+    created integer;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(1128812, -1) THEN
-        RETURN;
+        RETURN NULL;
     END IF;
     -- A statement after the lock: it sees the position the last fan-out
     -- committed.
     SELECT p.done INTO done_before FROM webhooks.fan_out_position p;
-    IF p_claim_limit > 0 THEN
-        -- The claim locks of the endpoints the new events go to ...
-        SELECT coalesce(array_agg(t.endpoint_id), '{}') INTO quiet
-          FROM (SELECT DISTINCT target.endpoint_id
-                  FROM webhooks.events ev
-                 CROSS JOIN LATERAL unnest(ev.endpoint_ids) AS target (endpoint_id)
-                 WHERE ev.txid >= pg_snapshot_xmin(done_before)
-                   AND NOT pg_visible_in_snapshot(ev.txid, done_before)
-                   AND ev.endpoint_ids IS NOT NULL
-                 LIMIT p_claim_limit) t
-         WHERE pg_try_advisory_xact_lock(1128812, (t.endpoint_id % 2147483646)::int + 1);
-        -- ... and, in a snapshot taken after them, which have nothing
-        -- pending or in flight.
-        SELECT coalesce(array_agg(e.id), '{}') INTO quiet
-          FROM webhooks.endpoints e
-         WHERE e.id = ANY (quiet)
-           AND e.enabled
-           AND NOT EXISTS (SELECT FROM webhooks.deliveries d
-                            WHERE d.endpoint_id = e.id
-                              AND d.state IN ('pending', 'delivering'));
-    END IF;
     -- One statement, so pg_current_snapshot() is the snapshot it reads the
     -- events with.
     WITH committed_since AS (
@@ -118,36 +83,14 @@ BEGIN
            AND pg_visible_in_snapshot(ev.txid, pg_current_snapshot())
            AND ev.endpoint_ids IS NOT NULL
     ),
-    targets AS (
-        SELECT c.id AS event_id, e.id AS endpoint_id, c.subject, c.created_at, c.seq,
-               e.id = ANY (quiet)
-               AND row_number() OVER (PARTITION BY e.id ORDER BY c.seq) <= e.max_in_flight
-               AND (NOT e.ordered
-                    OR row_number() OVER (PARTITION BY e.id, c.subject ORDER BY c.seq) = 1)
-                   AS quiet_head
+    fanned_out AS (
+        INSERT INTO webhooks.deliveries (event_id, endpoint_id, subject, created_at)
+        SELECT c.id, target.endpoint_id, c.subject, c.created_at
           FROM committed_since c
          CROSS JOIN LATERAL unnest(c.endpoint_ids) AS target (endpoint_id)
-          JOIN webhooks.endpoints e ON e.id = target.endpoint_id
-    ),
-    planned AS (
-        SELECT t.*,
-               t.quiet_head
-               AND count(*) FILTER (WHERE t.quiet_head)
-                       OVER (ORDER BY t.seq, t.endpoint_id ROWS UNBOUNDED PRECEDING)
-                   <= p_claim_limit AS claim_now
-          FROM targets t
-    ),
-    fanned_out AS (
-        INSERT INTO webhooks.deliveries (event_id, endpoint_id, subject, created_at,
-                                         state, attempts, lease_expires_at, leased_by)
-        SELECT p.event_id, p.endpoint_id, p.subject, p.created_at,
-               CASE WHEN p.claim_now THEN 'delivering' ELSE 'pending' END::webhooks.delivery_state,
-               CASE WHEN p.claim_now THEN 1 ELSE 0 END,
-               CASE WHEN p.claim_now THEN now() + make_interval(secs => p_lease_seconds) END,
-               CASE WHEN p.claim_now THEN p_worker END
-          FROM planned p
-         ORDER BY p.seq, p.endpoint_id
-        RETURNING id, state
+         WHERE EXISTS (SELECT FROM webhooks.endpoints e WHERE e.id = target.endpoint_id)
+         ORDER BY c.seq, target.endpoint_id
+        RETURNING 1
     ),
     moved AS (
         -- Only when there was something: an idle look writes nothing.
@@ -156,15 +99,13 @@ BEGIN
                fanned_out_at = now()
          WHERE EXISTS (SELECT FROM committed_since)
     )
-    SELECT count(*)::integer,
-           coalesce(array_agg(f.id ORDER BY f.id) FILTER (WHERE f.state = 'delivering'), '{}')
-      INTO created, claimed
-      FROM fanned_out f;
-    IF created > cardinality(claimed) THEN
+    SELECT count(*) INTO created FROM fanned_out;
+    IF created > 0 THEN
         -- Wake the other worker processes: they may have looked while
         -- these deliveries did not exist yet.
         PERFORM pg_notify('clinic_webhooks', '');
     END IF;
+    RETURN created;
 END
 $$;
 
@@ -191,9 +132,8 @@ END
 $$;
 
 -- The claim fans out first, in the same transaction, so a worker that wakes
--- up for a commit claims its deliveries in the same round trip: those the
--- fan-out made already claimed, then due ones as before. The claim of due
--- deliveries is unchanged; it keeps its body under a new name.
+-- up for a commit claims its deliveries in the same round trip. The claim
+-- itself is unchanged; it keeps its body under a new name.
 ALTER FUNCTION webhooks.claim_deliveries(integer, text, double precision)
     RENAME TO claim_due_deliveries;
 
@@ -203,28 +143,9 @@ RETURNS TABLE (delivery_id bigint, attempt integer, schedule_position integer,
                event_id uuid, event_type text, created bigint, clinic_code text,
                snapshot text, endpoint_id bigint, url text, version text, secret text)
 LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    claimed_now bigint[];
 BEGIN
-    SELECT coalesce(f.claimed, '{}') INTO claimed_now
-      FROM webhooks.fan_out_events(p_limit, p_worker, p_lease_seconds) f;
-    IF cardinality(claimed_now) > 0 THEN
-        RETURN QUERY
-        SELECT d.id, d.attempts, d.attempts - d.retry_base, ev.id, ev.type,
-               webhooks.unix_seconds(ev.created_at), cl.code, ev.snapshot::text,
-               e.id, e.url, e.version, e.secret
-          FROM webhooks.deliveries d
-          JOIN webhooks.events ev ON ev.id = d.event_id
-          JOIN webhooks.endpoints e ON e.id = d.endpoint_id
-          LEFT JOIN clinic.clinics cl ON cl.id = ev.clinic_id
-         WHERE d.id = ANY (claimed_now)
-         ORDER BY d.id;
-    END IF;
-    IF p_limit > cardinality(claimed_now) THEN
-        RETURN QUERY SELECT * FROM webhooks.claim_due_deliveries(
-            p_limit - cardinality(claimed_now), p_worker, p_lease_seconds);
-    END IF;
+    PERFORM webhooks.fan_out_events();
+    RETURN QUERY SELECT * FROM webhooks.claim_due_deliveries(p_limit, p_worker, p_lease_seconds);
 END
 $$;
 

@@ -186,12 +186,12 @@ async fn two_fan_outs_at_once_make_each_delivery_once() {
     support::visits(p, 1, 10, 50).await;
     let mut first = p.acquire().await.expect("connection");
     let mut first = first.begin().await.expect("begin");
-    let made: Option<i32> = sqlx::query_scalar("SELECT created FROM webhooks.fan_out_events()")
+    let made: Option<i32> = sqlx::query_scalar("SELECT webhooks.fan_out_events()")
         .fetch_one(&mut *first)
         .await
         .expect("first");
     assert_eq!(made, Some(50));
-    let second: Option<i32> = sqlx::query_scalar("SELECT created FROM webhooks.fan_out_events()")
+    let second: Option<i32> = sqlx::query_scalar("SELECT webhooks.fan_out_events()")
         .fetch_one(p)
         .await
         .expect("second");
@@ -251,69 +251,4 @@ async fn redelivering_an_event_not_yet_fanned_out_says_so_and_sends_nothing_twic
         count(p, "SELECT count(*) FROM webhooks.deliveries").await,
         1
     );
-}
-
-async fn claim(pool: &PgPool, limit: i32) -> Vec<(i64, i32)> {
-    sqlx::query_as(
-        "SELECT delivery_id, attempt FROM webhooks.claim_deliveries($1, 'w', 60) ORDER BY delivery_id",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .expect("claim")
-}
-
-/// The claim's fan-out makes a quiet endpoint's new deliveries already
-/// claimed (written once, not written and then claimed), within the same
-/// rules as the claim: its bulkhead, its lanes and the claim's limit.
-#[tokio::test]
-async fn a_claim_takes_a_quiet_endpoints_new_deliveries_as_it_fans_them_out_within_the_rules() {
-    let db = TestDb::new().await;
-    let p = &db.pool;
-    support::clinic_with_patient(p).await;
-    let bulkhead = support::endpoint(p, 1, "https://a.example.com/", "2.0").await;
-    support::max_in_flight(p, bulkhead, 2).await;
-    support::visits(p, 1, 10, 5).await;
-    let claimed = claim(p, 10).await;
-    assert_eq!(claimed.len(), 2, "a bulkhead of 2: {claimed:?}");
-    assert!(claimed.iter().all(|(_, attempt)| *attempt == 1));
-    assert_eq!(
-        count(
-            p,
-            "SELECT count(*) FROM webhooks.deliveries WHERE state = 'pending' AND attempts = 0"
-        )
-        .await,
-        3
-    );
-    // Not quiet any more (two in flight): new events wait their turn.
-    support::visits(p, 1, 10, 1).await;
-    assert!(claim(p, 10).await.is_empty());
-
-    // An ordered endpoint: one delivery per subject at a time.
-    exec(p, "UPDATE webhooks.endpoints SET enabled = false").await;
-    let ordered = support::endpoint(p, 1, "https://b.example.com/", "2.0").await;
-    sqlx::query("UPDATE webhooks.endpoints SET ordered = true WHERE id = $1")
-        .bind(ordered)
-        .execute(p)
-        .await
-        .expect("ordered");
-    exec(p, "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at) VALUES (100, 1, 10, now(), now())").await;
-    exec(p, "UPDATE clinic.visits SET status = 20 WHERE id = 100").await;
-    exec(p, "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at) VALUES (101, 1, 10, now(), now())").await;
-    let ids: Vec<i64> = claim(p, 10).await.into_iter().map(|(id, _)| id).collect();
-    let subjects: Vec<String> = sqlx::query_scalar(
-        "SELECT subject FROM webhooks.deliveries WHERE id = ANY ($1) ORDER BY id",
-    )
-    .bind(&ids)
-    .fetch_all(p)
-    .await
-    .expect("subjects");
-    assert_eq!(subjects, ["visit:100", "visit:101"], "lane heads only");
-
-    // The claim's limit holds too.
-    exec(p, "UPDATE webhooks.endpoints SET enabled = false").await;
-    support::endpoint(p, 1, "https://c.example.com/", "2.0").await;
-    support::visits(p, 1, 10, 5).await;
-    assert_eq!(claim(p, 3).await.len(), 3);
-    assert_eq!(claim(p, 3).await.len(), 2, "the rest, by the usual claim");
 }

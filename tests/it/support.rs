@@ -355,7 +355,7 @@ pub async fn secret_of(pool: &PgPool, endpoint_id: i64) -> String {
 /// What a worker's claim does first: turns the events committed since the
 /// last fan-out into deliveries. Returns how many deliveries it made.
 pub async fn fan_out(pool: &PgPool) -> i32 {
-    sqlx::query_scalar("SELECT coalesce(created, 0) FROM webhooks.fan_out_events()")
+    sqlx::query_scalar("SELECT coalesce(webhooks.fan_out_events(), 0)")
         .fetch_one(pool)
         .await
         .expect("fan out")
