@@ -5,7 +5,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 const STATUS: &str = include_str!("../sql/admin/status.sql");
-const FAN_OUT_BACKLOG: &str = include_str!("../sql/admin/fan_out_backlog.sql");
 const REDELIVER_DELIVERY: &str = include_str!("../sql/admin/redeliver_delivery.sql");
 const REDELIVER_EVENT: &str = include_str!("../sql/admin/redeliver_event.sql");
 const RECOVER_ENDPOINT: &str = include_str!("../sql/admin/recover_endpoint.sql");
@@ -26,28 +25,6 @@ pub struct EndpointStatus {
 
 pub async fn status(pool: &PgPool) -> Result<Vec<EndpointStatus>, sqlx::Error> {
     sqlx::query_as(STATUS).fetch_all(pool).await
-}
-
-/// Events committed but not yet fanned out into deliveries.
-#[derive(Debug, sqlx::FromRow)]
-pub struct FanOutBacklog {
-    pub events: i64,
-    pub oldest_s: Option<i64>,
-}
-
-pub async fn fan_out_backlog(pool: &PgPool) -> Result<FanOutBacklog, sqlx::Error> {
-    sqlx::query_as(FAN_OUT_BACKLOG).fetch_one(pool).await
-}
-
-/// One line under the `status` table.
-pub fn format_fan_out_backlog(backlog: &FanOutBacklog) -> String {
-    match backlog.oldest_s {
-        Some(oldest) => format!(
-            "events awaiting fan-out: {} (oldest {oldest} s; a running worker fans them out)\n",
-            backlog.events
-        ),
-        None => "events awaiting fan-out: 0\n".to_owned(),
-    }
 }
 
 /// Renders `status` as a table for a terminal.

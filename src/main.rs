@@ -144,8 +144,6 @@ async fn main() -> Result<()> {
         Command::Status => {
             let rows = admin::status(&pool).await?;
             print!("{}", admin::format_status(&rows));
-            let backlog = admin::fan_out_backlog(&pool).await?;
-            print!("{}", admin::format_fan_out_backlog(&backlog));
             Ok(())
         }
         Command::Redeliver(args) => {

@@ -3,7 +3,6 @@
 
 mod admin;
 mod delivery;
-mod fan_out;
 mod lifecycle;
 mod payloads;
 mod semantics;

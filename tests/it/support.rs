@@ -352,17 +352,7 @@ pub async fn secret_of(pool: &PgPool, endpoint_id: i64) -> String {
         .expect("secret")
 }
 
-/// What a worker's claim does first: turns the events committed since the
-/// last fan-out into deliveries. Returns how many deliveries it made.
-pub async fn fan_out(pool: &PgPool) -> i32 {
-    sqlx::query_scalar("SELECT coalesce(webhooks.fan_out_events(), 0)")
-        .fetch_one(pool)
-        .await
-        .expect("fan out")
-}
-
-/// Inserts a visit with plain values; returns its id. Its deliveries exist
-/// once a worker (or `fan_out`) has looked.
+/// Inserts a visit with plain values; returns its id.
 pub async fn visit(pool: &PgPool, clinic_id: i64, member_id: i64) -> i64 {
     sqlx::query_scalar(
         "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)
@@ -375,8 +365,7 @@ pub async fn visit(pool: &PgPool, clinic_id: i64, member_id: i64) -> i64 {
     .expect("insert visit")
 }
 
-/// Inserts `n` visits in one statement (one trigger run), as a bulk write
-/// does.
+/// Inserts `n` visits in one statement (one trigger run), as a bulk write does.
 pub async fn visits(pool: &PgPool, clinic_id: i64, member_id: i64, n: i64) {
     sqlx::query(
         "INSERT INTO clinic.visits (clinic_id, member_id, start_at, end_at)

@@ -55,7 +55,6 @@ async fn visit_updates_fire_updated_ended_or_nothing() {
         "UPDATE clinic.visits SET status_updated_by = 10 WHERE id = 1",
     )
     .await;
-    support::fan_out(p).await;
     let types: Vec<String> = sqlx::query_scalar(
         "SELECT e.type FROM webhooks.events e JOIN webhooks.deliveries d ON d.event_id = e.id ORDER BY d.id",
     )
@@ -135,7 +134,6 @@ async fn notes_fire_once_when_signed_and_invoices_on_payload_changes() {
         3
     );
     // Notes and invoices share their visit's lane.
-    assert_eq!(support::fan_out(p).await, 5);
     assert_eq!(
         count(
             p,
@@ -171,7 +169,6 @@ async fn fan_out_honours_clinic_subscription_and_enabled() {
     support::user(p, 10, 1, "patient", "calendar").await;
     exec(p, "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at) VALUES (1, 1, 10, now(), now())").await;
     exec(p, "UPDATE clinic.visits SET status = 40 WHERE id = 1").await;
-    support::fan_out(p).await;
 
     let per_endpoint = |id: i64| async move {
         sqlx::query_scalar::<_, String>(
@@ -223,7 +220,6 @@ async fn no_commit_no_webhook_and_bulk_writes_enqueue_every_row() {
     );
 
     support::visits(p, 1, 10, 1000).await;
-    support::fan_out(p).await;
     assert_eq!(
         count(
             p,
@@ -356,7 +352,6 @@ async fn deleting_an_endpoint_deletes_its_deliveries_and_log() {
     let p = &db.pool;
     let other = support::endpoint(p, 1, "https://other.example.com/", "2.0").await;
     exec(p, "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at) VALUES (1, 1, 10, now(), now())").await;
-    support::fan_out(p).await;
     sqlx::query(
         "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, url, outcome, error_kind)
          SELECT id, endpoint_id, 1, now(), 'https://hooks.example.com/a', 'retrying', 'status'
