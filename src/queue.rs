@@ -8,7 +8,7 @@
 //! ever claimed that cannot start at once: a claimed delivery never waits in a
 //! local buffer while its lease runs out.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -69,18 +69,76 @@ impl std::fmt::Debug for ClaimedDelivery {
 
 /// The apalis task: a claimed delivery holding one capacity slot until its
 /// call is done and its result handed to the recorder.
-#[derive(Debug)]
 pub struct Job {
     pub delivery: ClaimedDelivery,
     slot: OwnedSemaphorePermit,
+    finished: FinishedCalls,
 }
 
 impl Job {
-    /// Frees the capacity slot: the call is over and its result is queued
-    /// for the log. The delivery stays in flight (and in its endpoint's
-    /// bulkhead) until the result is committed.
-    pub fn release_slot(self) {
+    /// The call is over and its result is queued for the log: frees the
+    /// capacity slot, and until the returned guard is dropped (once the
+    /// result is committed) tells this process's claims that the delivery,
+    /// though still `delivering`, is no request in flight for its
+    /// endpoint's bulkhead.
+    pub fn call_over(self) -> CallOver {
         drop(self.slot);
+        let key = (self.delivery.delivery_id, self.delivery.attempt);
+        self.finished.insert(key);
+        CallOver {
+            finished: self.finished,
+            key,
+        }
+    }
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.delivery.fmt(f)
+    }
+}
+
+/// A finished call whose result is not yet committed (see `Job::call_over`).
+pub struct CallOver {
+    finished: FinishedCalls,
+    key: (i64, i32),
+}
+
+impl Drop for CallOver {
+    fn drop(&mut self) {
+        self.finished.remove(self.key);
+    }
+}
+
+/// This process's calls that are over but not yet logged, as (delivery id,
+/// attempt): the claim leaves them out of the endpoints' in-flight counts.
+/// The attempt makes a stale entry harmless: it can only match a row that is
+/// no longer delivering or has moved on to a later attempt.
+#[derive(Clone, Default)]
+struct FinishedCalls {
+    calls: Arc<Mutex<HashSet<(i64, i32)>>>,
+    /// The claimer waits on this when its last claim came back short, maybe
+    /// for want of bulkhead room that a finished call has just freed.
+    wake: Arc<Notify>,
+}
+
+impl FinishedCalls {
+    fn insert(&self, key: (i64, i32)) {
+        self.lock().insert(key);
+        self.wake.notify_one();
+    }
+
+    fn remove(&self, key: (i64, i32)) {
+        self.lock().remove(&key);
+    }
+
+    /// The claim's two parallel arrays.
+    fn arrays(&self) -> (Vec<i64>, Vec<i32>) {
+        self.lock().iter().copied().unzip()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(i64, i32)>> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -101,6 +159,7 @@ pub struct Claimer {
     wake: Arc<Notify>,
     /// Claimed but not yet handed to apalis (handed back on shutdown).
     buffer: Buffer,
+    finished: FinishedCalls,
     /// The last claim came back short: wait for a NOTIFY or the poll interval.
     drained: bool,
     /// The last claim found work: look again after `LINGER`, not the poll interval.
@@ -132,6 +191,10 @@ impl Claimer {
             poll_interval,
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
+            finished: FinishedCalls {
+                calls: Arc::default(),
+                wake: wake.clone(),
+            },
             wake,
             buffer: Arc::default(),
             drained: false,
@@ -145,7 +208,11 @@ impl Claimer {
         let mut backoff = Duration::from_millis(100);
         loop {
             if let Some((delivery, slot)) = self.pop_buffered() {
-                return Job { delivery, slot };
+                return Job {
+                    delivery,
+                    slot,
+                    finished: self.finished.clone(),
+                };
             }
             if self.drained {
                 let patience = if self.busy {
@@ -230,10 +297,13 @@ impl Claimer {
     /// claims from them. The claim pool's sessions commit asynchronously
     /// (see `db::claim_pool`).
     async fn claim(&self, limit: usize) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+        let (finished_ids, finished_attempts) = self.finished.arrays();
         sqlx::query_as::<_, ClaimedDelivery>(CLAIM)
             .bind(i32::try_from(limit).unwrap_or(i32::MAX))
             .bind(&self.worker)
             .bind(self.lease.as_secs_f64())
+            .bind(finished_ids)
+            .bind(finished_attempts)
             .fetch_all(&self.pool)
             .await
     }

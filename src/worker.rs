@@ -204,10 +204,11 @@ async fn handle(job: Job, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynErr
             retry_in,
         })
         .await?;
-    // The slot bounds calls, not log writes: let the claimer use it while
-    // this result waits for its batch to commit.
-    job.release_slot();
+    // The slot and the endpoint's bulkhead bound calls, not log writes: let
+    // the claimer use them while this result waits for its batch to commit.
+    let call_over = job.call_over();
     committed.wait().await?;
+    drop(call_over);
     Ok(())
 }
 

@@ -302,18 +302,127 @@ async fn a_call_frees_its_slot_before_its_log_write_commits() {
     worker.stop().await;
 }
 
+/// An endpoint's bulkhead bounds requests in flight, not results waiting
+/// for the log: with `max_in_flight = 1` and the log blocked, the three
+/// calls are all made, one at a time; each is logged once the log is
+/// writable.
+#[tokio::test]
+async fn a_finished_call_leaves_the_bulkhead_before_its_log_write_commits() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start(Arc::new(|_, _| {
+        Reply::status(200).delay(Duration::from_millis(300))
+    }))
+    .await
+    .expect("receiver");
+    support::clinic_with_patient(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
+    support::max_in_flight(&db.pool, id, 1).await;
+    let mut log_blocked = db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE webhooks.attempts IN EXCLUSIVE MODE")
+        .execute(&mut *log_blocked)
+        .await
+        .expect("block writes to the log");
+    let worker = InProcessWorker::start(
+        &db,
+        support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "8")]),
+    );
+    support::visits(&db.pool, 1, 10, 3).await;
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        got.len(),
+        3,
+        "a bulkhead of 1, three calls while the log is blocked"
+    );
+    let mut at: Vec<_> = got.iter().map(|r| r.at).collect();
+    at.sort();
+    for w in at.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(250),
+            "2 requests within {:?}: more than 1 in flight",
+            w[1] - w[0]
+        );
+    }
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks.attempts")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count attempts");
+    assert_eq!(logged, 0, "the log writes wait for the lock");
+
+    log_blocked.rollback().await.expect("unblock the log");
+    support::wait_for_scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.deliveries WHERE state = 'succeeded'",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.stop().await;
+}
+
 const CLAIM: &str = include_str!("../../sql/worker/claim_deliveries.sql");
 
 /// The worker's claim: up to `limit` deliveries for `worker`, in `tx`.
 async fn claim(tx: &mut sqlx::PgConnection, worker: &str, limit: i32) -> usize {
+    claim_ids(tx, worker, limit, &[]).await.len()
+}
+
+/// The same, telling the claim which of `worker`'s calls are over but not
+/// yet logged (delivery id, attempt); returns the claimed (id, attempt).
+async fn claim_ids(
+    tx: &mut sqlx::PgConnection,
+    worker: &str,
+    limit: i32,
+    finished: &[(i64, i32)],
+) -> Vec<(i64, i32)> {
+    use sqlx::Row;
+    let (ids, attempts): (Vec<i64>, Vec<i32>) = finished.iter().copied().unzip();
     sqlx::query(CLAIM)
         .bind(limit)
         .bind(worker)
         .bind(60.0_f64)
+        .bind(ids)
+        .bind(attempts)
         .fetch_all(tx)
         .await
         .expect("claim")
-        .len()
+        .iter()
+        .map(|row| (row.get("delivery_id"), row.get("attempt")))
+        .collect()
+}
+
+/// A delivery whose call is over counts against its endpoint's bulkhead no
+/// longer, once its worker says so, although it stays `delivering` until
+/// its result is logged. The attempt number fences a stale report, and
+/// another worker's report frees nothing.
+#[tokio::test]
+async fn finished_calls_leave_the_bulkhead_but_stay_delivering() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, "http://127.0.0.1:9/hook", "2.0").await;
+    support::max_in_flight(&db.pool, id, 2).await;
+    support::visits(&db.pool, 1, 10, 10).await;
+    let mut conn = db.pool.acquire().await.expect("connection");
+
+    let first = claim_ids(&mut conn, "a", 100, &[]).await;
+    assert_eq!(first.len(), 2, "the bulkhead of 2 is full");
+    assert!(claim_ids(&mut conn, "a", 100, &[]).await.is_empty());
+    // A stale attempt number frees nothing, nor does a report of calls
+    // leased to another worker (these are a's, not b's).
+    let stale: Vec<_> = first.iter().map(|&(d, n)| (d, n - 1)).collect();
+    assert!(claim_ids(&mut conn, "a", 100, &stale).await.is_empty());
+    assert!(claim_ids(&mut conn, "b", 100, &first).await.is_empty());
+    // Worker a's two calls are over: two more may go, and only two.
+    let second = claim_ids(&mut conn, "a", 100, &first).await;
+    assert_eq!(second.len(), 2);
+    let all: Vec<_> = first.iter().chain(&second).copied().collect();
+    assert_eq!(claim_ids(&mut conn, "a", 100, &first).await.len(), 0);
+    assert_eq!(claim_ids(&mut conn, "a", 100, &all).await.len(), 2);
+    let delivering: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhooks.deliveries WHERE state = 'delivering'")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("count");
+    assert_eq!(delivering, 6, "finished calls stay delivering until logged");
 }
 
 #[tokio::test]
