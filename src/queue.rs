@@ -164,6 +164,8 @@ pub struct Claimer {
     drained: bool,
     /// The last claim found work: look again after `LINGER`, not the poll interval.
     busy: bool,
+    /// When the last claim that found work started (see `PACE`).
+    last_found: Option<std::time::Instant>,
 }
 
 /// How soon to look again after a claim that found work. The triggers let
@@ -171,6 +173,14 @@ pub struct Claimer {
 /// transaction that committed just after the notifier is found by this
 /// second look instead of waiting for the poll interval.
 const LINGER: Duration = Duration::from_millis(10);
+
+/// Under a trickle of single-event commits faster than claims, every
+/// NOTIFY would start a claim of one or two deliveries, and the claims'
+/// fixed cost (two statements, a commit) would compete with the app's own
+/// writes. So a claim that follows a short one that found work starts no
+/// sooner than `PACE` after it. A commit that comes after a quiet spell of
+/// `PACE` (any rate below 1 / `PACE`) is claimed at once.
+const PACE: Duration = Duration::from_millis(2);
 
 /// How long a busy claimer waits for more free slots (see `take_free_slots`).
 const GATHER: Duration = Duration::from_millis(2);
@@ -199,6 +209,7 @@ impl Claimer {
             buffer: Arc::default(),
             drained: false,
             busy: false,
+            last_found: None,
         }
     }
 
@@ -224,6 +235,9 @@ impl Claimer {
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(patience) => {}
                 }
+                if let Some(found) = self.last_found.filter(|_| self.busy) {
+                    tokio::time::sleep_until((found + PACE).into()).await;
+                }
                 self.drained = false;
             }
             let slots = self.take_free_slots().await;
@@ -240,6 +254,9 @@ impl Claimer {
                     backoff = Duration::from_millis(100);
                     self.drained = rows.len() < wanted;
                     self.busy = !rows.is_empty();
+                    if self.busy {
+                        self.last_found = Some(started);
+                    }
                     let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
                     buffer.extend(rows.into_iter().zip(slots));
                 }

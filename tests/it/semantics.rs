@@ -359,6 +359,73 @@ async fn a_finished_call_leaves_the_bulkhead_before_its_log_write_commits() {
     worker.stop().await;
 }
 
+/// Under a trickle of single-event commits, a claim that found work is
+/// followed by the next one no sooner than 2 ms later (`queue::PACE`), so
+/// claims carry several deliveries instead of one claim per commit. With
+/// the log blocked, every claimed delivery keeps its claim's lease, which
+/// is the claim transaction's start plus `worker.lease`: one distinct
+/// lease time per claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_under_a_trickle_of_commits_are_paced() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::ok().await.expect("receiver");
+    support::clinic_with_patient(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
+    support::max_in_flight(&db.pool, id, 1000).await;
+    let mut log_blocked = db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE webhooks.attempts IN EXCLUSIVE MODE")
+        .execute(&mut *log_blocked)
+        .await
+        .expect("block writes to the log");
+    let worker = InProcessWorker::start(
+        &db,
+        support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "1000")]),
+    );
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    support::visit(&pool, 1, 10).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let got = receiver.wait_for(400, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 400);
+    let claims: Vec<f64> = sqlx::query_scalar(
+        "SELECT DISTINCT extract(epoch FROM lease_expires_at)::float8
+           FROM webhooks.deliveries ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("lease times");
+    let mut gaps_ms: Vec<f64> = claims.windows(2).map(|w| (w[1] - w[0]) * 1000.0).collect();
+    gaps_ms.sort_by(f64::total_cmp);
+    // The gaps are measured in the database, a little after each claim's
+    // start in the worker, so a few may come out shorter than 2 ms; without
+    // pacing, a tenth of them are under 1.7 ms here (1.2 – 1.7 ms).
+    let p10 = gaps_ms[gaps_ms.len() / 10];
+    assert!(
+        p10 >= 1.9,
+        "{} claims for 400 commits, a tenth of them less than {p10:.2} ms apart",
+        claims.len()
+    );
+
+    log_blocked.rollback().await.expect("unblock the log");
+    support::wait_for_scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.deliveries WHERE state = 'succeeded'",
+        400,
+        Duration::from_secs(20),
+    )
+    .await;
+    worker.stop().await;
+}
+
 const CLAIM: &str = include_str!("../../sql/worker/claim_deliveries.sql");
 
 /// The worker's claim: up to `limit` deliveries for `worker`, in `tx`.
