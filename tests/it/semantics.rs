@@ -259,6 +259,17 @@ async fn worker_concurrency_bounds_the_requests_in_flight() {
     worker.stop().await;
 }
 
+/// Holds back every write to the log (`webhooks.attempts`) until the
+/// returned transaction is rolled back; reads go on.
+async fn block_the_log(pool: &sqlx::PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE webhooks.attempts IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .expect("block writes to the log");
+    tx
+}
+
 /// A call frees its slot once its result is queued for the log, not when
 /// the log write commits: with 1 slot and the log blocked, all 3 calls are
 /// made; nothing is lost, and each is logged once the log is writable.
@@ -269,11 +280,7 @@ async fn a_call_frees_its_slot_before_its_log_write_commits() {
     support::clinic_with_patient(&db.pool).await;
     let id = support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
     support::max_in_flight(&db.pool, id, 100).await;
-    let mut log_blocked = db.pool.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE webhooks.attempts IN EXCLUSIVE MODE")
-        .execute(&mut *log_blocked)
-        .await
-        .expect("block writes to the log");
+    let log_blocked = block_the_log(&db.pool).await;
     let worker = InProcessWorker::start(
         &db,
         support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "1")]),
@@ -317,11 +324,7 @@ async fn a_finished_call_leaves_the_bulkhead_before_its_log_write_commits() {
     support::clinic_with_patient(&db.pool).await;
     let id = support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
     support::max_in_flight(&db.pool, id, 1).await;
-    let mut log_blocked = db.pool.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE webhooks.attempts IN EXCLUSIVE MODE")
-        .execute(&mut *log_blocked)
-        .await
-        .expect("block writes to the log");
+    let log_blocked = block_the_log(&db.pool).await;
     let worker = InProcessWorker::start(
         &db,
         support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "8")]),
@@ -372,11 +375,7 @@ async fn claims_under_a_trickle_of_commits_are_paced() {
     support::clinic_with_patient(&db.pool).await;
     let id = support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
     support::max_in_flight(&db.pool, id, 1000).await;
-    let mut log_blocked = db.pool.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE webhooks.attempts IN EXCLUSIVE MODE")
-        .execute(&mut *log_blocked)
-        .await
-        .expect("block writes to the log");
+    let log_blocked = block_the_log(&db.pool).await;
     let worker = InProcessWorker::start(
         &db,
         support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "1000")]),
