@@ -270,28 +270,31 @@ async fn block_the_log(pool: &sqlx::PgPool) -> sqlx::Transaction<'static, sqlx::
     tx
 }
 
-/// A call frees its slot once its result is queued for the log, not when
-/// the log write commits: with 1 slot and the log blocked, all 3 calls are
-/// made; nothing is lost, and each is logged once the log is writable.
-#[tokio::test]
-async fn a_call_frees_its_slot_before_its_log_write_commits() {
+/// Three visits delivered by a worker with `concurrency` slots to an
+/// endpoint with a bulkhead of `max_in_flight` whose receiver answers after
+/// `answer_after`, while the log is blocked: waits for the three calls,
+/// checks that none is logged yet and that each is once the log is
+/// writable, and returns the calls as the receiver saw them.
+async fn three_calls_while_the_log_is_blocked(
+    concurrency: &str,
+    max_in_flight: i32,
+    answer_after: Duration,
+) -> Vec<Received> {
     let db = TestDb::new().await;
-    let receiver = Receiver::ok().await.expect("receiver");
+    let receiver = Receiver::start(Arc::new(move |_, _| Reply::status(200).delay(answer_after)))
+        .await
+        .expect("receiver");
     support::clinic_with_patient(&db.pool).await;
     let id = support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
-    support::max_in_flight(&db.pool, id, 100).await;
+    support::max_in_flight(&db.pool, id, max_in_flight).await;
     let log_blocked = block_the_log(&db.pool).await;
     let worker = InProcessWorker::start(
         &db,
-        support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "1")]),
+        support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", concurrency)]),
     );
     support::visits(&db.pool, 1, 10, 3).await;
     let got = receiver.wait_for(3, Duration::from_secs(10)).await;
-    assert_eq!(
-        got.len(),
-        3,
-        "one slot, three calls while the log is blocked"
-    );
+    assert_eq!(got.len(), 3, "three calls while the log is blocked");
     let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks.attempts")
         .fetch_one(&db.pool)
         .await
@@ -307,6 +310,15 @@ async fn a_call_frees_its_slot_before_its_log_write_commits() {
     )
     .await;
     worker.stop().await;
+    got
+}
+
+/// A call frees its slot once its result is queued for the log, not when
+/// the log write commits: with 1 slot and the log blocked, all 3 calls are
+/// made; nothing is lost, and each is logged once the log is writable.
+#[tokio::test]
+async fn a_call_frees_its_slot_before_its_log_write_commits() {
+    three_calls_while_the_log_is_blocked("1", 100, Duration::ZERO).await;
 }
 
 /// An endpoint's bulkhead bounds requests in flight, not results waiting
@@ -315,27 +327,7 @@ async fn a_call_frees_its_slot_before_its_log_write_commits() {
 /// writable.
 #[tokio::test]
 async fn a_finished_call_leaves_the_bulkhead_before_its_log_write_commits() {
-    let db = TestDb::new().await;
-    let receiver = Receiver::start(Arc::new(|_, _| {
-        Reply::status(200).delay(Duration::from_millis(300))
-    }))
-    .await
-    .expect("receiver");
-    support::clinic_with_patient(&db.pool).await;
-    let id = support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
-    support::max_in_flight(&db.pool, id, 1).await;
-    let log_blocked = block_the_log(&db.pool).await;
-    let worker = InProcessWorker::start(
-        &db,
-        support::settings(&[("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "8")]),
-    );
-    support::visits(&db.pool, 1, 10, 3).await;
-    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
-    assert_eq!(
-        got.len(),
-        3,
-        "a bulkhead of 1, three calls while the log is blocked"
-    );
+    let got = three_calls_while_the_log_is_blocked("8", 1, Duration::from_millis(300)).await;
     let mut at: Vec<_> = got.iter().map(|r| r.at).collect();
     at.sort();
     for w in at.windows(2) {
@@ -345,21 +337,6 @@ async fn a_finished_call_leaves_the_bulkhead_before_its_log_write_commits() {
             w[1] - w[0]
         );
     }
-    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks.attempts")
-        .fetch_one(&db.pool)
-        .await
-        .expect("count attempts");
-    assert_eq!(logged, 0, "the log writes wait for the lock");
-
-    log_blocked.rollback().await.expect("unblock the log");
-    support::wait_for_scalar(
-        &db.pool,
-        "SELECT count(*) FROM webhooks.deliveries WHERE state = 'succeeded'",
-        3,
-        Duration::from_secs(10),
-    )
-    .await;
-    worker.stop().await;
 }
 
 /// Under a trickle of single-event commits, a claim that found work is
