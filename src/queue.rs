@@ -114,7 +114,7 @@ impl Drop for CallOver {
 /// attempt): the claim leaves them out of the endpoints' in-flight counts.
 /// The attempt makes a stale entry harmless: it can only match a row that is
 /// no longer delivering or has moved on to a later attempt.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct FinishedCalls {
     calls: Arc<Mutex<HashSet<(i64, i32)>>>,
     /// The claimer waits on this when its last claim came back short, maybe
