@@ -297,7 +297,7 @@ async fn run_on(
                     report.fanout.push(f);
                     line
                 }),
-                Scenario::Scaleout => scenarios::scaleout(&ctx).await.map(|s| {
+                Scenario::Scaleout => scenarios::scaleout(&ctx, rep % 2 == 0).await.map(|s| {
                     let line = format!(
                         "{tag}: 1 worker {:.0} events/s, 2 workers {:.0} events/s ({:.2}), {} duplicates, {} missing",
                         s.one.events_per_s, s.two.events_per_s, s.ratio, s.duplicates, s.missing

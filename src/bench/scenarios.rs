@@ -255,7 +255,10 @@ pub async fn fanout(ctx: &Ctx<'_>) -> Result<Flow> {
     .await
 }
 
-/// (f) The throughput workload with one worker process, then two.
+/// (f) The throughput workload with one worker process and with two, in
+/// that order or (`two_first`) the other: a drift of the machine's speed
+/// within a repetition then lands on both sides of the ratio over the
+/// repetitions, not always on the second run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleOut {
     pub one: Flow,
@@ -266,10 +269,15 @@ pub struct ScaleOut {
     pub missing: i64,
 }
 
-pub async fn scaleout(ctx: &Ctx<'_>) -> Result<ScaleOut> {
+pub async fn scaleout(ctx: &Ctx<'_>, two_first: bool) -> Result<ScaleOut> {
     let events = ctx.plan.scaleout_events;
-    let one = flow(ctx, Mode::Process, "scale1", 1, 1, events).await?;
-    let two = flow(ctx, Mode::Process, "scale2", 2, 1, events).await?;
+    let (one, two) = if two_first {
+        let two = flow(ctx, Mode::Process, "scale2", 2, 1, events).await?;
+        (flow(ctx, Mode::Process, "scale1", 1, 1, events).await?, two)
+    } else {
+        let one = flow(ctx, Mode::Process, "scale1", 1, 1, events).await?;
+        (one, flow(ctx, Mode::Process, "scale2", 2, 1, events).await?)
+    };
     Ok(ScaleOut {
         ratio: two.events_per_s / one.events_per_s,
         duplicates: one.duplicates + two.duplicates,
