@@ -10,11 +10,10 @@
 -- 'delivering' row except those leased to it. The pair is the lease's
 -- fencing token: a stale pair can only match a row that is no longer
 -- delivering or is on a later attempt, so it never hides a request in
--- flight. Another worker's
--- finished calls are not known here and still count: the bound stays exact
--- across processes, and conservative. Such a delivery stays 'delivering'
--- (its lane waits for its result, lease recovery knows it) until the log
--- write commits.
+-- flight. Another worker's finished calls are not known here and still
+-- count: the bound stays exact across processes, and conservative. Such a
+-- delivery stays 'delivering' (its lane waits for its result, lease
+-- recovery knows it) until the log write commits.
 --
 -- The three-argument form stays, for a worker of the previous release still
 -- running while another has migrated. Otherwise the function is as in
