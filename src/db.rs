@@ -13,8 +13,14 @@ pub enum DbError {
     Url(#[source] sqlx::Error),
     #[error("connecting to PostgreSQL at {target}: {source}")]
     Connect { target: String, source: sqlx::Error },
+    #[error(
+        "the database has migration {0} applied, which this build does not have: it was \
+         migrated by a newer clinic-webhooks (run that one), or by a pre-release build whose \
+         migrations were since squashed (start from a new database)"
+    )]
+    UnknownMigration(i64),
     #[error("applying migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -71,8 +77,10 @@ async fn open(options: PgConnectOptions, max_connections: u32) -> Result<PgPool>
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<()> {
-    migrator().run(pool).await?;
-    Ok(())
+    migrator().run(pool).await.map_err(|err| match err {
+        sqlx::migrate::MigrateError::VersionMissing(version) => DbError::UnknownMigration(version),
+        other => DbError::Migrate(other),
+    })
 }
 
 /// True for errors worth retrying after a pause: the connection or server

@@ -63,7 +63,7 @@ pub struct EventRef<'a> {
     pub snapshot: &'a str,
 }
 
-// ---- snapshots (written by the triggers in migrations/*_webhook_triggers.sql)
+// ---- snapshots (written by the triggers; see sql/schema/functions/)
 
 #[derive(Debug, Deserialize)]
 struct UserSnapshot {

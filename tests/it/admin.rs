@@ -497,7 +497,6 @@ async fn the_reader_role_reads_the_log_but_no_secret_and_changes_nothing() {
         "SELECT secret FROM webhooks.endpoints",
         "SELECT count(*) FROM webhooks.deliveries",
         "SELECT count(*) FROM webhooks.attempts",
-        "SELECT count(*) FROM webhooks.claim_deliveries(10, 'reader', 60)",
         "SELECT count(*) FROM webhooks.claim_deliveries(10, 'reader', 60, '{}', '{}')",
         "SELECT webhooks.redeliver(1)",
         "UPDATE webhooks.endpoints SET enabled = false",

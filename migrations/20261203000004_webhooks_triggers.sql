@@ -9,7 +9,8 @@
 -- writes nothing. Rendering v1/v2 happens later, in the worker.
 --
 -- Advisory lock keys (1128812, n): n = 0 is the notifier slot (below);
--- n > 0 is one claimer per endpoint (sql/worker/claim_deliveries.sql).
+-- n > 0 is one claimer per endpoint (webhooks.claim_deliveries, in the
+-- *_webhooks_queue_functions migration).
 
 -- Whole seconds since the epoch, as the payloads carry them. STABLE, like
 -- extract() on timestamptz: a function declared stricter than its body is

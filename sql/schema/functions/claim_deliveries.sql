@@ -1,24 +1,10 @@
--- A delivery counted against its endpoint's bulkhead from its claim until
--- its log write committed, though its request was over well before: the
--- call took ≈ 4 ms, the wait for a log batch and its commit ≈ 8 – 20 ms
--- (BENCHMARKS.md). So a busy endpoint's max_in_flight bounded calls *and*
--- results waiting for the log, and was what limited one endpoint's
--- throughput.
+-- Current definition of webhooks.claim_deliveries, as the migrations leave it
+-- (tests/it/schema.rs checks the migrated database against this file).
 --
--- Now the claiming worker passes the calls of its own that are over but not
--- yet logged, as (delivery id, attempt) pairs, and the bulkhead counts every
--- 'delivering' row except those leased to it. The pair is the lease's
--- fencing token: a stale pair can only match a row that is no longer
--- delivering or is on a later attempt, so it never hides a request in
--- flight. Another worker's finished calls are not known here and still
--- count: the bound stays exact across processes, and conservative. Such a
--- delivery stays 'delivering' (its lane waits for its result, lease
--- recovery knows it) until the log write commits.
---
--- The three-argument form stays, for a worker of the previous release still
--- running while another has migrated. Otherwise the function is as in
--- migrations/*_webhooks_claim_probes_due_indexes.sql.
-CREATE FUNCTION webhooks.claim_deliveries(p_limit integer, p_worker text,
+-- The worker's claim. Its design notes are the comment at the top of the
+-- body, so that they travel with every later definition of the function
+-- (and show in psql's \sf webhooks.claim_deliveries).
+CREATE OR REPLACE FUNCTION webhooks.claim_deliveries(p_limit integer, p_worker text,
                                           p_lease_seconds double precision,
                                           p_finished_ids bigint[],
                                           p_finished_attempts integer[])
@@ -26,6 +12,53 @@ RETURNS TABLE (delivery_id bigint, attempt integer, schedule_position integer,
                event_id uuid, event_type text, created bigint, clinic_code text,
                snapshot text, endpoint_id bigint, url text, version text, secret text)
 LANGUAGE plpgsql AS $$
+-- One call per claim (one round trip, one transaction of its own) that
+-- runs two statements.
+--
+-- It claims up to p_limit due deliveries for worker p_worker, leases them
+-- for p_lease_seconds (the lease's fencing token is the attempt number),
+-- and returns what is needed to render, sign and send each:
+--
+-- * Fair: endpoints with due work are visited in random order, so one
+--   endpoint's backlog cannot take the whole batch.
+-- * Bulkheads: an endpoint has at most max_in_flight requests in flight,
+--   counted across every worker process. The first statement takes a
+--   transaction-scoped advisory lock per endpoint with due work that
+--   nobody else is claiming for; the second counts and claims with a
+--   snapshot taken after the locks, so it sees every claim committed before
+--   them. (In one statement, the snapshot would be taken before the lock,
+--   and a claim committed in between would be invisible to the count.)
+-- * A finished call is no request in flight: the claiming worker passes its
+--   calls that are over but not yet logged as (delivery id, attempt) pairs
+--   (p_finished_ids, p_finished_attempts), and the bulkhead counts every
+--   'delivering' row except those. The pair is the lease's fencing token: a
+--   stale pair can only match a row that is no longer delivering or is on a
+--   later attempt, so it never hides a request in flight. Another worker's
+--   finished calls are not known here and still count: the bound stays
+--   exact across processes, and conservative. Such a delivery stays
+--   'delivering' (its lane waits for its result, lease recovery knows it)
+--   until its log write commits.
+-- * First attempts are picked before retries, so a backlog of failing
+--   deliveries cannot starve fresh events of the same endpoint.
+-- * Lanes: on an ordered endpoint, only the oldest unfinished delivery of a
+--   subject (a visit, a user) is due; later ones wait until it succeeds or
+--   finally fails.
+-- * A claim reads what it takes, not the backlog: "has this endpoint due
+--   work?" is one scalar-subquery probe per endpoint into each due index.
+--   Scalar subqueries are never turned into joins, and the ORDER BY keeps
+--   each on its index however few rows the statistics (or a plan cached
+--   while the queue was empty) say there are; as an EXISTS, the planner
+--   hashed every due delivery of every endpoint once per claim whenever the
+--   queue's statistics were older than the burst.
+-- * No row locks are needed to pick: nobody else claims these endpoints,
+--   and the UPDATE re-checks each row, skipping one that changed meanwhile
+--   (a redelivery, an endpoint deletion).
+--
+-- The locks are transaction-scoped: call it in a transaction of its own.
+-- The worker does, on a connection that commits asynchronously: a claim lost
+-- in a server crash is harmless, its deliveries are still pending.
+-- Advisory lock keys (1128812, n): n = 0 is the triggers' notifier slot
+-- (webhooks.wake_workers), n > 0 one claimer per endpoint.
 #variable_conflict use_column
 DECLARE
     locked bigint[];
@@ -39,11 +72,8 @@ BEGIN
               FROM (SELECT e.id
                       FROM webhooks.endpoints e
                      WHERE e.enabled
-                       -- One probe per endpoint into each due index: scalar
-                       -- subqueries are never turned into joins, and the
-                       -- ORDER BY keeps each on its index however few rows
-                       -- the statistics (or a plan cached while the queue
-                       -- was empty) say there are.
+                       -- One probe per endpoint into each due index (see
+                       -- the notes at the top).
                        AND coalesce((SELECT true
                                        FROM webhooks.deliveries p
                                       WHERE p.endpoint_id = e.id
@@ -173,13 +203,4 @@ BEGIN
       LEFT JOIN clinic.clinics cl ON cl.id = ev.clinic_id
      ORDER BY c.id;
 END
-$$;
-
-CREATE OR REPLACE FUNCTION webhooks.claim_deliveries(p_limit integer, p_worker text,
-                                          p_lease_seconds double precision)
-RETURNS TABLE (delivery_id bigint, attempt integer, schedule_position integer,
-               event_id uuid, event_type text, created bigint, clinic_code text,
-               snapshot text, endpoint_id bigint, url text, version text, secret text)
-LANGUAGE sql AS $$
-    SELECT * FROM webhooks.claim_deliveries(p_limit, p_worker, p_lease_seconds, '{}', '{}')
 $$;

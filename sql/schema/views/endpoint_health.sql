@@ -1,9 +1,11 @@
--- webhooks.endpoint_health called webhooks.endpoint_call_stats(), and a
--- function called from a view runs with the caller's rights, not the view
--- owner's: for the read-only role (no access to webhooks.attempts) the view
--- failed with "permission denied for table attempts". The same columns,
--- computed in the view itself (so with its owner's rights), in one pass over
--- the last day's calls of each endpoint. Lost-lease attempts are not calls.
+-- Current definition of webhooks.endpoint_health, as the migrations leave it
+-- (tests/it/schema.rs checks the migrated database against this file).
+--
+-- Per endpoint, calls, success rate and latency (p50, p95) over the last
+-- hour and the last day, in one pass over the last day's calls. Computed in
+-- the view itself, not in a function it calls: a function called from a view
+-- runs with the caller's rights, and the read-only role cannot read
+-- webhooks.attempts. Lost-lease attempts are not calls.
 CREATE OR REPLACE VIEW webhooks.endpoint_health AS
 SELECT e.id AS endpoint_id,
        e.clinic_id,
@@ -41,6 +43,3 @@ SELECT e.id AS endpoint_id,
                    AND at.started_at > now() - interval '1 day'
                    AND at.outcome <> 'abandoned') a
        ) s;
-
--- Its only caller is gone, and it would repeat the view's aggregates.
-DROP FUNCTION webhooks.endpoint_call_stats(bigint, interval);
