@@ -9,6 +9,35 @@ const REDELIVER_DELIVERY: &str = include_str!("../sql/admin/redeliver_delivery.s
 const REDELIVER_EVENT: &str = include_str!("../sql/admin/redeliver_event.sql");
 const RECOVER_ENDPOINT: &str = include_str!("../sql/admin/recover_endpoint.sql");
 
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The database refused the request with a message for the operator:
+    /// no such delivery, event or endpoint, an endpoint of another clinic,
+    /// a time that does not parse.
+    #[error("{0}")]
+    Refused(String),
+    #[error("database: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+pub type Result<T, E = AdminError> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for AdminError {
+    fn from(err: sqlx::Error) -> Self {
+        let refused = err.as_database_error().and_then(|db| {
+            let code = db.code()?;
+            // no_data_found (raised by the redelivery functions),
+            // check_violation, and data exceptions (class 22: a bad time).
+            (code == "P0002" || code == "23514" || code.starts_with("22"))
+                .then(|| db.message().to_owned())
+        });
+        match refused {
+            Some(message) => Self::Refused(message),
+            None => Self::Database(err),
+        }
+    }
+}
+
 #[derive(Debug, sqlx::FromRow)]
 pub struct EndpointStatus {
     pub endpoint_id: i64,
@@ -23,8 +52,8 @@ pub struct EndpointStatus {
     pub oldest_pending_s: Option<i64>,
 }
 
-pub async fn status(pool: &PgPool) -> Result<Vec<EndpointStatus>, sqlx::Error> {
-    sqlx::query_as(STATUS).fetch_all(pool).await
+pub async fn status(pool: &PgPool) -> Result<Vec<EndpointStatus>> {
+    Ok(sqlx::query_as(STATUS).fetch_all(pool).await?)
 }
 
 /// Renders `status` as a table for a terminal.
@@ -78,7 +107,7 @@ pub enum Redelivery {
 }
 
 /// Queues the redelivery and says what was queued.
-pub async fn redeliver(pool: &PgPool, what: &Redelivery) -> Result<String, sqlx::Error> {
+pub async fn redeliver(pool: &PgPool, what: &Redelivery) -> Result<String> {
     Ok(match what {
         Redelivery::Delivery(id) => {
             let queued: Option<i64> = sqlx::query_scalar(REDELIVER_DELIVERY)

@@ -192,7 +192,7 @@ impl Settings {
         if self.database.max_connections < 2 {
             return bad(
                 "database.max_connections",
-                "must be at least 2 (claims and results use separate connections)",
+                "must be at least 2 (LISTEN holds one; result writes need another)",
             );
         }
         if self.worker.concurrency == 0 {

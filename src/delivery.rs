@@ -1,16 +1,18 @@
-//! One HTTP call: sign, POST, read a bounded response, classify the result.
-//! Never follows redirects, never reads more of a response than the log keeps,
-//! and never lets a URL's credentials reach an error message.
+//! One HTTP call: the signed request (its headers built once, for sending
+//! and for the log alike), the POST, a bounded read of the response, and the
+//! failure kind. Never follows redirects, never reads more of a response than
+//! the log keeps, and never lets a URL's credentials reach an error message.
+//! What happens after the call is `decision`'s business.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::config::HttpSettings;
-use crate::retry::{Verdict, classify_status, parse_retry_after};
 use crate::signing::SigningKey;
-use crate::target::{GuardedResolver, RefusedTarget, check_literal};
+use crate::target::{DnsFailure, GuardedResolver, RefusedTarget, check_literal};
 
 /// Sent with every request, so receivers can tell who is calling.
 pub const USER_AGENT: &str = concat!("clinic-webhooks/", env!("CARGO_PKG_VERSION"));
@@ -70,41 +72,22 @@ pub struct CallRecord {
     pub started_at: SystemTime,
     pub duration: Duration,
     pub url: String,
-    pub request_headers: Value,
-    pub request_body: String,
+    /// The request as it was sent (or about to be, when the target was
+    /// refused); `None` when it could not be built.
+    pub request: Option<SentRequest>,
     pub response: Option<ResponseRecord>,
     pub failure: Option<Failure>,
 }
 
 impl CallRecord {
-    pub fn verdict(&self) -> Verdict {
-        match &self.failure {
-            None => Verdict::Success,
-            Some(f) => match f.kind {
-                ErrorKind::Status => self
-                    .response
-                    .as_ref()
-                    .map_or(Verdict::Retryable, |r| classify_status(r.status)),
-                ErrorKind::Redirect | ErrorKind::RefusedTarget | ErrorKind::Internal => {
-                    Verdict::Final
-                }
-                ErrorKind::Timeout
-                | ErrorKind::Dns
-                | ErrorKind::Connect
-                | ErrorKind::Tls
-                | ErrorKind::Body => Verdict::Retryable,
-            },
-        }
-    }
-
-    /// A record for a call that could not even be built.
-    pub fn internal(url: &str, message: String) -> Self {
+    /// A record for a call whose request could not even be built (a
+    /// malformed snapshot or secret: ours to fix, not the receiver's).
+    pub fn not_built(url: &str, message: String) -> Self {
         Self {
             started_at: SystemTime::now(),
             duration: Duration::ZERO,
             url: url.to_owned(),
-            request_headers: Value::Null,
-            request_body: String::new(),
+            request: None,
             response: None,
             failure: Some(Failure {
                 kind: ErrorKind::Internal,
@@ -114,12 +97,76 @@ impl CallRecord {
     }
 }
 
-/// A signed request, ready to send.
-pub struct Outgoing<'a> {
-    pub url: &'a str,
-    pub event_id: Uuid,
-    pub body: Vec<u8>,
-    pub key: &'a SigningKey,
+/// The headers and body of a request, as the log keeps them.
+#[derive(Debug, Clone)]
+pub struct SentRequest {
+    /// A JSON object of header name to value.
+    pub headers: Value,
+    pub body: String,
+}
+
+/// A signed webhook request, ready to send: its headers are built here
+/// once, and the same list is sent and logged.
+pub struct SignedRequest {
+    url: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Vec<u8>,
+    started_at: SystemTime,
+}
+
+impl SignedRequest {
+    /// Signs `body` as of `now` (the `webhook-timestamp`).
+    pub fn new(
+        url: &str,
+        event_id: Uuid,
+        body: Vec<u8>,
+        key: &SigningKey,
+        now: SystemTime,
+    ) -> Self {
+        let timestamp = unix_seconds(now);
+        let msg_id = event_id.to_string();
+        let signature = key.sign(&msg_id, timestamp, &body);
+        let headers = [
+            ("content-type", "application/json".to_owned()),
+            // reqwest would add this one itself; named here so the log has it.
+            ("accept", "*/*".to_owned()),
+            ("user-agent", USER_AGENT.to_owned()),
+            ("webhook-id", msg_id),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", signature),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| {
+            // Every value is ASCII: a UUID, digits, base64, or a constant.
+            Some((
+                HeaderName::from_static(name),
+                HeaderValue::try_from(value).ok()?,
+            ))
+        })
+        .collect();
+        Self {
+            url: url.to_owned(),
+            headers,
+            body,
+            started_at: now,
+        }
+    }
+
+    /// The headers and body as the log keeps them.
+    fn sent(&self) -> SentRequest {
+        let headers = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), Value::String(value))
+            })
+            .collect::<Map<_, _>>();
+        SentRequest {
+            headers: Value::Object(headers),
+            body: String::from_utf8_lossy(&self.body).into_owned(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +184,6 @@ pub struct Sender {
 impl Sender {
     pub fn new(http: &HttpSettings) -> Result<Self, ClientError> {
         let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(http.connect_timeout)
             .timeout(http.timeout)
@@ -160,30 +206,12 @@ impl Sender {
     }
 
     /// Sends one request and reports what happened; never fails.
-    pub async fn send(&self, out: Outgoing<'_>) -> CallRecord {
-        let started_at = SystemTime::now();
-        let timestamp = unix_seconds(started_at);
-        let msg_id = out.event_id.to_string();
-        let signature = out.key.sign(&msg_id, timestamp, &out.body);
-        let request_headers = Value::Object(Map::from_iter([
-            ("content-type".to_owned(), Value::from("application/json")),
-            ("user-agent".to_owned(), Value::from(USER_AGENT)),
-            ("webhook-id".to_owned(), Value::from(msg_id.clone())),
-            (
-                "webhook-timestamp".to_owned(),
-                Value::from(timestamp.to_string()),
-            ),
-            (
-                "webhook-signature".to_owned(),
-                Value::from(signature.clone()),
-            ),
-        ]));
-        let request_body = String::from_utf8_lossy(&out.body).into_owned();
+    pub async fn send(&self, request: SignedRequest) -> CallRecord {
+        let sent = request.sent();
+        let started_at = request.started_at;
+        let url = request.url.clone();
         let clock = Instant::now();
-        let outcome = self
-            .call(out.url, &msg_id, timestamp, &signature, out.body)
-            .await;
-        let (response, failure) = match outcome {
+        let (response, failure) = match self.call(request).await {
             Ok(response) => {
                 let failure = match response.status {
                     200..=299 => None,
@@ -206,23 +234,15 @@ impl Sender {
         CallRecord {
             started_at,
             duration: clock.elapsed(),
-            url: out.url.to_owned(),
-            request_headers,
-            request_body,
+            url,
+            request: Some(sent),
             response,
             failure,
         }
     }
 
-    async fn call(
-        &self,
-        url: &str,
-        msg_id: &str,
-        timestamp: i64,
-        signature: &str,
-        body: Vec<u8>,
-    ) -> Result<ResponseRecord, Failure> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| Failure {
+    async fn call(&self, request: SignedRequest) -> Result<ResponseRecord, Failure> {
+        let parsed = reqwest::Url::parse(&request.url).map_err(|e| Failure {
             kind: ErrorKind::Internal,
             message: format!("endpoint URL does not parse: {e}"),
         })?;
@@ -233,11 +253,8 @@ impl Sender {
         let mut response = self
             .client
             .post(parsed)
-            .header("content-type", "application/json")
-            .header("webhook-id", msg_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
+            .headers(request.headers.into_iter().collect::<HeaderMap>())
+            .body(request.body)
             .send()
             .await
             .map_err(classify_error)?;
@@ -298,32 +315,94 @@ fn unix_seconds(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Maps a reqwest error to a failure kind and a message without the URL.
+/// Maps a reqwest error to a failure kind, by the types in its chain of
+/// causes, and a message without the URL.
 fn classify_error(err: reqwest::Error) -> Failure {
     let err = err.without_url();
-    let mut chain = Vec::new();
+    let mut messages = Vec::new();
     let mut refused = false;
+    let mut dns = false;
+    let mut tls = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = source {
-        refused |= e.downcast_ref::<RefusedTarget>().is_some();
-        chain.push(e.to_string());
+        refused |= e.is::<RefusedTarget>();
+        dns |= e.is::<DnsFailure>();
+        tls |= e.is::<native_tls::Error>();
+        messages.push(e.to_string());
         source = e.source();
     }
-    chain.dedup();
-    let message = chain.join(": ");
-    let lower = message.to_ascii_lowercase();
+    messages.dedup();
     let kind = if refused {
         ErrorKind::RefusedTarget
     } else if err.is_timeout() {
         ErrorKind::Timeout
-    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+    } else if dns {
         ErrorKind::Dns
-    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("ssl") {
+    } else if tls {
         ErrorKind::Tls
     } else if err.is_body() || err.is_decode() {
         ErrorKind::Body
     } else {
         ErrorKind::Connect
     };
-    Failure { kind, message }
+    Failure {
+        kind,
+        message: messages.join(": "),
+    }
+}
+
+/// Parses a `Retry-After` header: delay-seconds or an HTTP date (relative to `now`).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_retry_after_forms() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").expect("date");
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn the_logged_headers_are_the_sent_headers() {
+        let key = SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("key");
+        let id = Uuid::nil();
+        let now = UNIX_EPOCH + Duration::from_secs(1_614_265_330);
+        let request = SignedRequest::new("https://example.com/h", id, b"{}".to_vec(), &key, now);
+        let logged = request.sent().headers;
+        let sent: Map<String, Value> = request
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), Value::from(v.to_str().expect("ascii"))))
+            .collect();
+        assert_eq!(logged, Value::Object(sent));
+        assert_eq!(logged["webhook-id"], id.to_string());
+        assert_eq!(logged["webhook-timestamp"], "1614265330");
+        assert_eq!(
+            logged["webhook-signature"],
+            key.sign(&id.to_string(), 1_614_265_330, b"{}")
+        );
+        assert_eq!(logged["user-agent"], USER_AGENT);
+        assert_eq!(request.headers.len(), 6, "no header lost in the building");
+    }
 }

@@ -11,7 +11,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis_core::backend::custom::{BackendBuilder, BuildError};
 use apalis_core::task::Task;
@@ -153,23 +153,17 @@ pub struct Claimer {
     pool: PgPool,
     worker: String,
     lease: Duration,
-    poll_interval: Duration,
     slots: Arc<Semaphore>,
     concurrency: usize,
     wake: Arc<Notify>,
     /// Claimed but not yet handed to apalis (handed back on shutdown).
     buffer: Buffer,
     finished: FinishedCalls,
-    /// The last claim came back short: wait for a NOTIFY or the poll interval.
-    drained: bool,
-    /// The last claim found work: look again after `LINGER`, not the poll interval.
-    busy: bool,
-    /// When the last claim that found work started (see `PACE`).
-    last_found: Option<std::time::Instant>,
+    pacing: Pacing,
 }
 
 /// How soon to look again after a claim that found work. The triggers let
-/// only one concurrent transaction NOTIFY (see the triggers migration); a
+/// only one concurrent transaction NOTIFY (`webhooks.wake_workers`); a
 /// transaction that committed just after the notifier is found by this
 /// second look instead of waiting for the poll interval.
 const LINGER: Duration = Duration::from_millis(10);
@@ -183,7 +177,73 @@ const LINGER: Duration = Duration::from_millis(10);
 const PACE: Duration = Duration::from_millis(2);
 
 /// How long a busy claimer waits for more free slots (see `take_free_slots`).
-const GATHER: Duration = Duration::from_millis(2);
+const SLOT_GATHER: Duration = Duration::from_millis(2);
+
+/// When to claim next, from what the last claim found: the claimer's pacing
+/// policy, without a clock of its own.
+#[derive(Debug, Clone)]
+struct Pacing {
+    poll_interval: Duration,
+    last: Option<LastClaim>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastClaim {
+    started: Instant,
+    wanted: usize,
+    claimed: usize,
+}
+
+/// What the claimer does before its next claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Claim at once: the last claim was full, so more is probably due.
+    Now,
+    /// Wait for a wake-up (a NOTIFY, a finished call, a result written) or
+    /// `patience`, whichever comes first; then not before `not_before`.
+    Wait {
+        patience: Duration,
+        not_before: Option<Instant>,
+    },
+}
+
+impl Pacing {
+    fn new(poll_interval: Duration) -> Self {
+        Self {
+            poll_interval,
+            last: None,
+        }
+    }
+
+    fn claimed(&mut self, started: Instant, wanted: usize, claimed: usize) {
+        self.last = Some(LastClaim {
+            started,
+            wanted,
+            claimed,
+        });
+    }
+
+    /// A claim failed: try again (after the caller's backoff) at once.
+    fn failed(&mut self) {
+        self.last = None;
+    }
+
+    fn next(&self) -> Next {
+        match self.last {
+            None => Next::Now,
+            Some(last) if last.claimed >= last.wanted => Next::Now,
+            // Short, but found work: more may have committed just behind it.
+            Some(last) if last.claimed > 0 => Next::Wait {
+                patience: LINGER.min(self.poll_interval),
+                not_before: Some(last.started + PACE),
+            },
+            Some(_) => Next::Wait {
+                patience: self.poll_interval,
+                not_before: None,
+            },
+        }
+    }
+}
 
 impl Claimer {
     pub fn new(
@@ -198,7 +258,6 @@ impl Claimer {
             pool,
             worker,
             lease,
-            poll_interval,
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
             finished: FinishedCalls {
@@ -207,9 +266,7 @@ impl Claimer {
             },
             wake,
             buffer: Arc::default(),
-            drained: false,
-            busy: false,
-            last_found: None,
+            pacing: Pacing::new(poll_interval),
         }
     }
 
@@ -225,24 +282,22 @@ impl Claimer {
                     finished: self.finished.clone(),
                 };
             }
-            if self.drained {
-                let patience = if self.busy {
-                    LINGER.min(self.poll_interval)
-                } else {
-                    self.poll_interval
-                };
+            if let Next::Wait {
+                patience,
+                not_before,
+            } = self.pacing.next()
+            {
                 tokio::select! {
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(patience) => {}
                 }
-                if let Some(found) = self.last_found.filter(|_| self.busy) {
-                    tokio::time::sleep_until((found + PACE).into()).await;
+                if let Some(at) = not_before {
+                    tokio::time::sleep_until(at.into()).await;
                 }
-                self.drained = false;
             }
             let slots = self.take_free_slots().await;
             let wanted = slots.len();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             match self.claim(wanted).await {
                 Ok(rows) => {
                     tracing::debug!(
@@ -252,16 +307,13 @@ impl Claimer {
                         "claim"
                     );
                     backoff = Duration::from_millis(100);
-                    self.drained = rows.len() < wanted;
-                    self.busy = !rows.is_empty();
-                    if self.busy {
-                        self.last_found = Some(started);
-                    }
+                    self.pacing.claimed(started, wanted, rows.len());
                     let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
                     buffer.extend(rows.into_iter().zip(slots));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in = ?backoff, "claiming deliveries failed");
+                    self.pacing.failed();
                     drop(slots);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -278,7 +330,7 @@ impl Claimer {
     }
 
     /// At least one slot (waiting for it), plus every other slot free now.
-    /// When most slots are busy, waits up to `GATHER` for a worthwhile batch:
+    /// When most slots are busy, waits up to `SLOT_GATHER` for a worthwhile batch:
     /// a claim costs about a millisecond of database work however many rows
     /// it takes, so claiming one delivery at a time under load would make
     /// the claims, not the receivers, the limit.
@@ -290,7 +342,7 @@ impl Claimer {
         }
         self.take_free_now(&mut slots);
         let worthwhile = (self.concurrency / 2).clamp(1, 128);
-        let deadline = tokio::time::Instant::now() + GATHER;
+        let deadline = tokio::time::Instant::now() + SLOT_GATHER;
         while slots.len() < worthwhile {
             match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
                 Ok(Ok(slot)) => {
@@ -371,4 +423,65 @@ pub fn backend(
         })
         .build()?;
     Ok(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLL: Duration = Duration::from_secs(1);
+
+    fn after(wanted: usize, claimed: usize) -> (Instant, Next) {
+        let mut pacing = Pacing::new(POLL);
+        let started = Instant::now();
+        pacing.claimed(started, wanted, claimed);
+        (started, pacing.next())
+    }
+
+    #[test]
+    fn the_first_claim_and_a_full_claim_go_at_once() {
+        assert_eq!(Pacing::new(POLL).next(), Next::Now);
+        assert_eq!(after(64, 64).1, Next::Now);
+    }
+
+    #[test]
+    fn a_short_claim_that_found_work_lingers_and_is_paced() {
+        let (started, next) = after(64, 3);
+        assert_eq!(
+            next,
+            Next::Wait {
+                patience: LINGER,
+                not_before: Some(started + PACE)
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_claim_waits_for_a_wake_up_or_the_poll_interval() {
+        assert_eq!(
+            after(64, 0).1,
+            Next::Wait {
+                patience: POLL,
+                not_before: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_poll_interval_shorter_than_the_linger_wins() {
+        let mut pacing = Pacing::new(Duration::from_millis(3));
+        pacing.claimed(Instant::now(), 64, 1);
+        let Next::Wait { patience, .. } = pacing.next() else {
+            panic!("a short claim waits");
+        };
+        assert_eq!(patience, Duration::from_millis(3));
+    }
+
+    #[test]
+    fn after_a_failed_claim_the_next_goes_at_once() {
+        let mut pacing = Pacing::new(POLL);
+        pacing.claimed(Instant::now(), 64, 0);
+        pacing.failed();
+        assert_eq!(pacing.next(), Next::Now);
+    }
 }

@@ -13,27 +13,10 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::db::is_transient;
+use crate::decision::Outcome;
 use crate::delivery::CallRecord;
 
 const RECORD: &str = include_str!("../sql/worker/record_attempts.sql");
-
-/// `webhooks.attempt_outcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded,
-    Retrying,
-    Failed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Retrying => "retrying",
-            Self::Failed => "failed",
-        }
-    }
-}
 
 /// One finished call and what happens to its delivery next.
 #[derive(Debug)]
@@ -83,7 +66,7 @@ impl Committed {
 
 /// How long a write waits for more results to join it. Only the log and
 /// the next event of a lane wait; the receiver already has its request.
-const GATHER: Duration = Duration::from_millis(5);
+const BATCH_GATHER: Duration = Duration::from_millis(5);
 
 /// How the recorder writes.
 #[derive(Debug, Clone)]
@@ -123,7 +106,7 @@ pub fn spawn(
             }
             // A write costs about the same for one row as for dozens, and the
             // receiver already has its request: gather for a moment.
-            let deadline = tokio::time::Instant::now() + GATHER;
+            let deadline = tokio::time::Instant::now() + BATCH_GATHER;
             while batch.len() < config.batch {
                 let room = config.batch - batch.len();
                 match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
@@ -223,11 +206,10 @@ impl Columns {
         self.started_at.push(epoch_seconds(call.started_at));
         self.duration_ms.push(call.duration.as_secs_f64() * 1000.0);
         self.url.push(call.url.clone());
-        let sent = !call.request_headers.is_null();
         self.request_headers
-            .push(sent.then(|| call.request_headers.to_string()));
+            .push(call.request.as_ref().map(|r| r.headers.to_string()));
         self.request_body
-            .push(sent.then(|| call.request_body.clone()));
+            .push(call.request.as_ref().map(|r| r.body.clone()));
         self.response_status
             .push(response.map(|r| i16::try_from(r.status).unwrap_or(i16::MAX)));
         self.response_headers

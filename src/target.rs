@@ -15,6 +15,15 @@ pub struct RefusedTarget {
     pub reason: String,
 }
 
+/// A name that could not be resolved; found again in reqwest's error chain,
+/// so that a DNS failure is told from a refused connection by its type.
+#[derive(Debug, thiserror::Error)]
+#[error("dns error: {host}: {source}")]
+pub struct DnsFailure {
+    pub host: String,
+    pub source: std::io::Error,
+}
+
 /// True for addresses on the public internet.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
@@ -73,6 +82,8 @@ pub fn check_literal(url: &reqwest::Url, allow_private: bool) -> Result<(), Refu
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A resolver that drops non-public addresses, and fails when none is left.
 #[derive(Debug, Clone, Copy)]
 pub struct GuardedResolver {
@@ -84,8 +95,13 @@ impl Resolve for GuardedResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let looked_up = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map(Iterator::collect::<Vec<SocketAddr>>);
+            let resolved = match looked_up {
+                Ok(resolved) => resolved,
+                Err(source) => return Err(Box::new(DnsFailure { host, source }) as BoxError),
+            };
             let allowed: Vec<SocketAddr> = resolved
                 .iter()
                 .copied()
@@ -95,7 +111,7 @@ impl Resolve for GuardedResolver {
                 return Err(Box::new(RefusedTarget {
                     host,
                     reason: "resolves only to non-public addresses (set http.allow_private_targets to allow)".into(),
-                }) as Box<dyn std::error::Error + Send + Sync>);
+                }) as BoxError);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })

@@ -18,12 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::db;
-use crate::delivery::{CallRecord, ClientError, Outgoing, Sender};
-use crate::payload::{self, EventRef, Version};
+use crate::decision::RetryPolicy;
+use crate::delivery::{ClientError, Sender};
+use crate::pipeline::Pipeline;
 use crate::queue::{self, CHANNEL, Claimer, Job, QueueError};
-use crate::recorder::{self, AttemptResult, Outcome, Recorder, RecorderConfig};
-use crate::retry::{RetryPolicy, Verdict};
-use crate::signing::SigningKey;
+use crate::recorder::{self, RecorderConfig};
 
 const RECOVER_EXPIRED_LEASES: &str = include_str!("../sql/worker/recover_expired_leases.sql");
 
@@ -35,13 +34,6 @@ pub enum WorkerError {
     Queue(#[from] QueueError),
     #[error("apalis worker: {0}")]
     Apalis(#[from] apalis_core::error::WorkerError),
-}
-
-/// What every delivery handler shares.
-pub struct Pipeline {
-    sender: Sender,
-    policy: RetryPolicy,
-    recorder: Recorder,
 }
 
 /// A unique name per process: apalis and our leases need one (a restarted
@@ -70,7 +62,8 @@ pub async fn run(
         RecorderConfig {
             worker: name.clone(),
             batch: settings.worker.record_batch,
-            // Leave connections for the claimer and lease recovery.
+            // The main pool's other users: LISTEN holds a connection, lease
+            // recovery takes one now and then. (Claims have their own pool.)
             writers: (settings.database.max_connections as usize)
                 .saturating_sub(2)
                 .clamp(1, 4),
@@ -156,86 +149,11 @@ pub async fn run(
 }
 
 type ApalisRun = Pin<Box<dyn Future<Output = Result<(), apalis_core::error::WorkerError>> + Send>>;
-/// The apalis handler: render, sign, send, decide, record.
-async fn handle(job: Job, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
-    let d = &job.delivery;
-    let call = match build_and_send(&pipeline.sender, d).await {
-        Ok(call) => call,
-        Err(message) => CallRecord::internal(&d.url, message),
-    };
-    let (outcome, retry_in) = match call.verdict() {
-        Verdict::Success => (Outcome::Succeeded, None),
-        Verdict::Final => (Outcome::Failed, None),
-        Verdict::Retryable => {
-            let position = usize::try_from(d.schedule_position).unwrap_or(usize::MAX);
-            let asked = call.response.as_ref().and_then(|r| r.retry_after);
-            match pipeline.policy.next_delay(position, asked, fastrand::f64()) {
-                Some(delay) => (Outcome::Retrying, Some(delay)),
-                None => (Outcome::Failed, None),
-            }
-        }
-    };
-    tracing::debug!(
-        delivery_id = d.delivery_id,
-        endpoint_id = d.endpoint_id,
-        attempt = d.attempt,
-        status = call.response.as_ref().map(|r| r.status),
-        outcome = outcome.as_str(),
-        error_kind = call.failure.as_ref().map(|f| f.kind.as_str()),
-        "delivery attempt finished"
-    );
-    if outcome == Outcome::Failed {
-        tracing::info!(
-            delivery_id = d.delivery_id,
-            endpoint_id = d.endpoint_id,
-            attempt = d.attempt,
-            error = call.failure.as_ref().map(|f| f.message.as_str()),
-            "delivery failed for good"
-        );
-    }
-    let committed = pipeline
-        .recorder
-        .submit(AttemptResult {
-            delivery_id: d.delivery_id,
-            endpoint_id: d.endpoint_id,
-            attempt: d.attempt,
-            call,
-            outcome,
-            retry_in,
-        })
-        .await?;
-    // The slot and the endpoint's bulkhead bound calls, not log writes: let
-    // the claimer use them while this result waits for its batch to commit.
-    let call_over = job.call_over();
-    committed.wait().await?;
-    drop(call_over);
-    Ok(())
-}
 
-/// Renders the body for the endpoint's version and sends it signed. An error
-/// here is ours (bad snapshot or secret), not the receiver's.
-async fn build_and_send(sender: &Sender, d: &queue::ClaimedDelivery) -> Result<CallRecord, String> {
-    let version = Version::parse(&d.version).map_err(|e| e.to_string())?;
-    let body = payload::render(
-        &EventRef {
-            id: d.event_id,
-            event_type: &d.event_type,
-            created: d.created,
-            clinic_code: d.clinic_code.as_deref(),
-            snapshot: &d.snapshot,
-        },
-        version,
-    )
-    .map_err(|e| e.to_string())?;
-    let key = SigningKey::from_secret(&d.secret).map_err(|e| e.to_string())?;
-    Ok(sender
-        .send(Outgoing {
-            url: &d.url,
-            event_id: d.event_id,
-            body,
-            key: &key,
-        })
-        .await)
+/// The apalis handler: one delivery through the pipeline.
+async fn handle(job: Job, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
+    pipeline.deliver(job).await?;
+    Ok(())
 }
 
 /// Wakes the claimer on every NOTIFY; reconnects after a database restart

@@ -464,6 +464,18 @@ async fn the_named_sql_files_run_in_psql_and_the_cli_redelivers() {
     );
     let out = cli(&["redeliver", "--event", "not-a-uuid"]);
     assert!(!out.status.success(), "a bad argument is an error");
+    // What the database refuses reaches the operator as its message.
+    let out = cli(&["redeliver", "--delivery", "999999"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no delivery with id 999999") && !stderr.contains("database:"),
+        "{stderr}"
+    );
+    let out = cli(&["redeliver", "--endpoint", "1", "--since", "banana"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("banana"), "{stderr}");
     worker.stop().await;
 }
 

@@ -260,7 +260,7 @@ async fn the_last_attempt_fails_for_good_and_other_4xx_are_final() {
 }
 
 #[tokio::test]
-async fn timeouts_and_dead_ports_are_retryable_with_machine_readable_kinds() {
+async fn transport_failures_are_retryable_with_machine_readable_kinds() {
     let db = TestDb::new().await;
     let receiver = Receiver::start(Arc::new(|_, _| {
         Reply::status(200).delay(Duration::from_secs(4))
@@ -282,6 +282,16 @@ async fn timeouts_and_dead_ports_are_retryable_with_machine_readable_kinds() {
         "2.0",
     )
     .await;
+    // A name that never resolves (RFC 2606), and TLS spoken to a server
+    // that answers plain HTTP.
+    support::endpoint(&db.pool, 1, "http://receiver.invalid/hook", "2.0").await;
+    support::endpoint(
+        &db.pool,
+        1,
+        &receiver.url("/tls").replace("http://", "https://"),
+        "2.0",
+    )
+    .await;
     let worker = InProcessWorker::start(
         &db,
         support::settings(&[("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "1h")]),
@@ -290,7 +300,7 @@ async fn timeouts_and_dead_ports_are_retryable_with_machine_readable_kinds() {
     support::wait_for_scalar(
         &db.pool,
         "SELECT count(*) FROM webhooks.attempts",
-        2,
+        4,
         Duration::from_secs(15),
     )
     .await;
@@ -305,7 +315,9 @@ async fn timeouts_and_dead_ports_are_retryable_with_machine_readable_kinds() {
         kinds,
         [
             (Some("connect".to_owned()), "retrying".to_owned()),
-            (Some("timeout".to_owned()), "retrying".to_owned())
+            (Some("dns".to_owned()), "retrying".to_owned()),
+            (Some("timeout".to_owned()), "retrying".to_owned()),
+            (Some("tls".to_owned()), "retrying".to_owned()),
         ]
     );
     worker.stop().await;
