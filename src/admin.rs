@@ -1,13 +1,9 @@
 //! Operator commands over SQL: `status` and `redeliver`. The statements are
-//! the files under `sql/admin`, the same ones a DBA runs with psql.
+//! the files under `sql/admin`, the same ones a DBA runs with psql, checked
+//! against the schema at compile time.
 
 use sqlx::PgPool;
 use uuid::Uuid;
-
-const STATUS: &str = include_str!("../sql/admin/status.sql");
-const REDELIVER_DELIVERY: &str = include_str!("../sql/admin/redeliver_delivery.sql");
-const REDELIVER_EVENT: &str = include_str!("../sql/admin/redeliver_event.sql");
-const RECOVER_ENDPOINT: &str = include_str!("../sql/admin/recover_endpoint.sql");
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -38,7 +34,7 @@ impl From<sqlx::Error> for AdminError {
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct EndpointStatus {
     pub endpoint_id: i64,
     pub clinic_id: i64,
@@ -53,7 +49,9 @@ pub struct EndpointStatus {
 }
 
 pub async fn status(pool: &PgPool) -> Result<Vec<EndpointStatus>> {
-    Ok(sqlx::query_as(STATUS).fetch_all(pool).await?)
+    Ok(sqlx::query_file_as!(EndpointStatus, "sql/admin/status.sql")
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Renders `status` as a table for a terminal.
@@ -110,8 +108,7 @@ pub enum Redelivery {
 pub async fn redeliver(pool: &PgPool, what: &Redelivery) -> Result<String> {
     Ok(match what {
         Redelivery::Delivery(id) => {
-            let queued: Option<i64> = sqlx::query_scalar(REDELIVER_DELIVERY)
-                .bind(id)
+            let queued = sqlx::query_file_scalar!("sql/admin/redeliver_delivery.sql", id)
                 .fetch_one(pool)
                 .await?;
             match queued {
@@ -120,11 +117,10 @@ pub async fn redeliver(pool: &PgPool, what: &Redelivery) -> Result<String> {
             }
         }
         Redelivery::Event { id, endpoint } => {
-            let queued: Vec<i64> = sqlx::query_scalar(REDELIVER_EVENT)
-                .bind(id)
-                .bind(endpoint)
-                .fetch_all(pool)
-                .await?;
+            let queued: Vec<i64> =
+                sqlx::query_file_scalar!("sql/admin/redeliver_event.sql", id, *endpoint)
+                    .fetch_all(pool)
+                    .await?;
             format!(
                 "event {id}: {} deliveries queued {:?}",
                 queued.len(),
@@ -132,9 +128,7 @@ pub async fn redeliver(pool: &PgPool, what: &Redelivery) -> Result<String> {
             )
         }
         Redelivery::Recover { endpoint, since } => {
-            let n: i32 = sqlx::query_scalar(RECOVER_ENDPOINT)
-                .bind(endpoint)
-                .bind(since)
+            let n = sqlx::query_file_scalar!("sql/admin/recover_endpoint.sql", endpoint, since)
                 .fetch_one(pool)
                 .await?;
             format!("endpoint {endpoint}: {n} failed deliveries since {since} queued again")

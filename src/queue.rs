@@ -24,9 +24,6 @@ use uuid::Uuid;
 /// The NOTIFY channel the triggers and redelivery functions signal.
 pub const CHANNEL: &str = "clinic_webhooks";
 
-const CLAIM: &str = include_str!("../sql/worker/claim_deliveries.sql");
-const RELEASE_UNSTARTED: &str = include_str!("../sql/worker/release_unstarted.sql");
-
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("deliveries are enqueued by the database triggers, not pushed from the worker")]
@@ -35,8 +32,10 @@ pub enum QueueError {
     Build(#[from] BuildError),
 }
 
-/// One claimed delivery, with what is needed to render, sign and send it.
-#[derive(Clone, sqlx::FromRow)]
+/// One claimed delivery, with what is needed to render, sign and send it:
+/// the columns of `sql/worker/claim_deliveries.sql`, checked against it at
+/// compile time.
+#[derive(Clone)]
 pub struct ClaimedDelivery {
     pub delivery_id: i64,
     /// The attempt number this claim starts (also the lease's fencing token).
@@ -367,14 +366,17 @@ impl Claimer {
     /// (see `db::claim_pool`).
     async fn claim(&self, limit: usize) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
         let (finished_ids, finished_attempts) = self.finished.arrays();
-        sqlx::query_as::<_, ClaimedDelivery>(CLAIM)
-            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-            .bind(&self.worker)
-            .bind(self.lease.as_secs_f64())
-            .bind(finished_ids)
-            .bind(finished_attempts)
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_file_as!(
+            ClaimedDelivery,
+            "sql/worker/claim_deliveries.sql",
+            i32::try_from(limit).unwrap_or(i32::MAX),
+            &self.worker,
+            self.lease.as_secs_f64(),
+            &finished_ids,
+            &finished_attempts,
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Hands back what was claimed but never started (on shutdown).
@@ -389,9 +391,7 @@ impl Claimer {
         if ids.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(RELEASE_UNSTARTED)
-            .bind(ids)
-            .bind(&self.worker)
+        let done = sqlx::query_file!("sql/worker/release_unstarted.sql", &ids, &self.worker)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())

@@ -16,8 +16,6 @@ use crate::db::is_transient;
 use crate::decision::Outcome;
 use crate::delivery::CallRecord;
 
-const RECORD: &str = include_str!("../sql/worker/record_attempts.sql");
-
 /// One finished call and what happens to its delivery next.
 #[derive(Debug)]
 pub struct AttemptResult {
@@ -175,7 +173,7 @@ fn epoch_seconds(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The parallel arrays of `record_attempts.sql`.
+/// The parallel arrays of `sql/worker/record_attempts.sql`, one element per call.
 #[derive(Default)]
 struct Columns {
     delivery_id: Vec<i64>,
@@ -238,26 +236,30 @@ async fn write(
     for (r, _) in batch {
         c.push(r);
     }
-    sqlx::query(RECORD)
-        .bind(c.delivery_id)
-        .bind(c.endpoint_id)
-        .bind(c.attempt)
-        .bind(c.started_at)
-        .bind(c.duration_ms)
-        .bind(c.url)
-        .bind(c.request_headers)
-        .bind(c.request_body)
-        .bind(c.response_status)
-        .bind(c.response_headers)
-        .bind(c.response_body)
-        .bind(c.response_truncated)
-        .bind(c.outcome)
-        .bind(c.error_kind)
-        .bind(c.error)
-        .bind(c.retry_in_s)
-        .bind(worker)
-        .bind(disable_after.as_secs_f64())
-        .execute(pool)
-        .await?;
+    // Checked against the SQL at compile time: the number, order and types
+    // of its parameters (`as &[Option<_>]`: those arrays may hold NULLs).
+    sqlx::query_file!(
+        "sql/worker/record_attempts.sql",
+        &c.delivery_id,
+        &c.endpoint_id,
+        &c.attempt,
+        &c.started_at,
+        &c.duration_ms,
+        &c.url,
+        &c.request_headers as &[Option<String>],
+        &c.request_body as &[Option<String>],
+        &c.response_status as &[Option<i16>],
+        &c.response_headers as &[Option<String>],
+        &c.response_body as &[Option<String>],
+        &c.response_truncated,
+        &c.outcome as &[&str],
+        &c.error_kind as &[Option<&str>],
+        &c.error as &[Option<String>],
+        &c.retry_in_s as &[Option<f64>],
+        worker,
+        disable_after.as_secs_f64(),
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }

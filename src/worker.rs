@@ -24,8 +24,6 @@ use crate::pipeline::Pipeline;
 use crate::queue::{self, CHANNEL, Claimer, Job, QueueError};
 use crate::recorder::{self, RecorderConfig};
 
-const RECOVER_EXPIRED_LEASES: &str = include_str!("../sql/worker/recover_expired_leases.sql");
-
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(transparent)]
@@ -191,7 +189,7 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
 /// Periodically takes back deliveries whose worker vanished.
 async fn recover_leases(pool: PgPool, every: Duration, stop: CancellationToken) {
     loop {
-        match sqlx::query_scalar::<_, i64>(RECOVER_EXPIRED_LEASES)
+        match sqlx::query_file_scalar!("sql/worker/recover_expired_leases.sql")
             .fetch_one(&pool)
             .await
         {

@@ -6,7 +6,8 @@
 -- * keeps endpoint health: a success clears the failure streak; a 410 Gone, or
 --   failing continuously for $18 seconds, disables the endpoint (its pending
 --   deliveries are kept and resume when it is re-enabled).
--- Parameters are parallel arrays, one element per call; $17 is the worker.
+-- $1 .. $16 are parallel arrays, one element per call (src/recorder.rs,
+-- `Columns`); $17 is the worker, $18 health.disable_after in seconds.
 WITH r AS (
     SELECT *
       FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::float8[], $5::float8[],

@@ -29,4 +29,4 @@ logged AS (
       JOIN webhooks.endpoints e ON e.id = x.endpoint_id
     RETURNING 1
 )
-SELECT count(*) AS recovered FROM logged
+SELECT count(*) AS "recovered!" FROM logged

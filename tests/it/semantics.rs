@@ -429,7 +429,8 @@ async fn claim_ids(
         .await
         .expect("claim")
         .iter()
-        .map(|row| (row.get("delivery_id"), row.get("attempt")))
+        // By position: the statement names its columns "delivery_id!", "attempt!".
+        .map(|row| (row.get(0), row.get(1)))
         .collect()
 }
 
