@@ -11,7 +11,6 @@
 //! `receiver` (a local HTTP receiver for bench and tests), `telemetry`.
 
 pub mod admin;
-pub mod bench;
 pub mod config;
 pub mod db;
 pub mod delivery;

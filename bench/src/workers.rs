@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-use crate::{db, worker};
+use clinic_webhooks::config::Settings;
+use clinic_webhooks::{db, worker};
 
 const PREFIX: &str = "CLINIC_WEBHOOKS__";
 

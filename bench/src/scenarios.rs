@@ -13,13 +13,13 @@ use sqlx::Connection;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::env::{
+use crate::env::{
     self, BenchDb, CLINIC_ID, INSERT_ONE_VISIT, INSERT_ONE_VISIT_RETURNING, MEMBER_ID, Tally,
 };
-use super::stats;
-use super::sys::{self, CpuMeter, CpuUse};
-use super::workers::{Worker, stop_all};
-use crate::receiver::Receiver;
+use crate::stats;
+use crate::sys::{self, CpuMeter, CpuUse};
+use crate::workers::{Worker, stop_all};
+use clinic_webhooks::receiver::Receiver;
 
 /// Sizes of the workloads.
 #[derive(Debug, Clone, Serialize)]

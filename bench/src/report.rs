@@ -7,12 +7,12 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::Scenario;
-use super::env::Server;
-use super::scenarios::{Flow, Latency, MemoryRun, Plan, ScaleOut, TriggerCost};
-use super::stats;
-use super::sys::Machine;
-use crate::config::Settings;
+use crate::Scenario;
+use crate::env::Server;
+use crate::scenarios::{Flow, Latency, MemoryRun, Plan, ScaleOut, TriggerCost};
+use crate::stats;
+use crate::sys::Machine;
+use clinic_webhooks::config::Settings;
 
 /// A target of issue 3.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -152,7 +152,7 @@ impl BenchReport {
             scaleout: Vec::new(),
             memory: Vec::new(),
             bench_process_peak_rss_mb: None,
-            loadavg_start: super::sys::loadavg(),
+            loadavg_start: crate::sys::loadavg(),
             loadavg_end: None,
             errors: Vec::new(),
         }

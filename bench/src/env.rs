@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
 
-use crate::db;
-use crate::receiver::{Received, Receiver};
+use clinic_webhooks::db;
+use clinic_webhooks::receiver::{Received, Receiver};
 
 /// Databases left behind by a bench that was killed are dropped after this long.
 const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
