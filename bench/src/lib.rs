@@ -1,6 +1,6 @@
 //! The clinic-webhooks benchmark: the worker measured on a private database
 //! that it creates (and drops), with the real triggers, the real worker, the
-//! real log, and the bundled HTTP receiver on 127.0.0.1.
+//! real log, and the test-support HTTP receiver on 127.0.0.1.
 //!
 //! Scenarios (each repeated, median and spread reported):
 //! * `throughput`: 20,000 visits inserted in one statement, one v2 endpoint;

@@ -1,4 +1,4 @@
-//! The measured scenarios of issue 3. Each run starts from an empty queue
+//! The measured scenarios. Each run starts from an empty queue
 //! and a fresh receiver, warms the worker up with one delivery (so that it
 //! listens, has its connections and its HTTP connection), measures, and
 //! stops the worker gracefully.
@@ -19,7 +19,7 @@ use crate::env::{
 use crate::stats;
 use crate::sys::{self, CpuMeter, CpuUse};
 use crate::workers::{Worker, stop_all};
-use clinic_webhooks::receiver::Receiver;
+use clinic_webhooks_test_support::Receiver;
 
 /// Sizes of the workloads.
 #[derive(Debug, Clone, Serialize)]

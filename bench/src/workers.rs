@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use clinic_webhooks::config::Settings;
 use clinic_webhooks::{db, worker};
+use clinic_webhooks_test_support::{ALLOW_LOOPBACK, worker_command, worker_settings};
 
 const PREFIX: &str = "CLINIC_WEBHOOKS__";
 
@@ -20,18 +21,11 @@ const PREFIX: &str = "CLINIC_WEBHOOKS__";
 /// CLINIC_WEBHOOKS__* variable of this environment, so a setting can be
 /// benchmarked), plus what the bench needs: a receiver on 127.0.0.1.
 pub fn settings(name: &str) -> Result<Settings> {
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(PREFIX))
-        .collect();
-    env.extend(
-        [
-            ("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true"),
-            ("CLINIC_WEBHOOKS__WORKER__NAME", name),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    Settings::load(None, env).context("worker settings for the bench")
+    let inherited = std::env::vars().filter(|(k, _)| k.starts_with(PREFIX));
+    // Loopback after the inherited variables: the receiver must stay reachable.
+    let ours = [ALLOW_LOOPBACK, ("CLINIC_WEBHOOKS__WORKER__NAME", name)]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    worker_settings(inherited.chain(ours)).context("worker settings for the bench")
 }
 
 /// A running worker.
@@ -66,20 +60,17 @@ impl Worker {
             .as_fd()
             .try_clone_to_owned()
             .context("duplicating stderr for the worker's log")?;
-        let child = tokio::process::Command::new(binary)
-            .arg("run")
-            .env_remove("CLINIC_WEBHOOKS_CONFIG")
-            .env_remove("RUST_LOG")
-            .env("DATABASE_URL", url)
-            .env("CLINIC_WEBHOOKS__DATABASE__URL", url)
-            .env("CLINIC_WEBHOOKS__DATABASE__MIGRATE_ON_START", "false")
-            .env("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true")
-            .env("CLINIC_WEBHOOKS__WORKER__NAME", name)
-            .env("CLINIC_WEBHOOKS__LOG__LEVEL", "warn")
-            // No config.toml of the working directory: only the defaults and the above.
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
+        let mut command = worker_command(
+            binary,
+            url,
+            &[
+                ("CLINIC_WEBHOOKS__DATABASE__MIGRATE_ON_START", "false"),
+                ("CLINIC_WEBHOOKS__WORKER__NAME", name),
+                ("CLINIC_WEBHOOKS__LOG__LEVEL", "warn"),
+            ],
+        );
+        command.stdout(Stdio::from(log));
+        let child = tokio::process::Command::from(command)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} run", binary.display()))?;
