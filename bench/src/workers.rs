@@ -3,8 +3,8 @@
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use sqlx::PgPool;
@@ -36,9 +36,40 @@ pub enum Worker {
         pool: PgPool,
     },
     Process {
-        child: tokio::process::Child,
+        child: ChildWorker,
         pid: u32,
     },
+}
+
+/// A `clinic-webhooks run` child process, killed if dropped while running
+/// (a failed scenario must not leave a worker behind). `std::process`, not
+/// tokio's: then the workspace builds tokio with one feature set, the
+/// product's, and the bench waits by polling, which it does not measure.
+pub struct ChildWorker(Child);
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl ChildWorker {
+    /// Waits up to `timeout` for the process to exit.
+    async fn wait(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Worker {
@@ -69,13 +100,15 @@ impl Worker {
                 ("CLINIC_WEBHOOKS__LOG__LEVEL", "warn"),
             ],
         );
-        command.stdout(Stdio::from(log));
-        let child = tokio::process::Command::from(command)
-            .kill_on_drop(true)
+        let child = command
+            .stdout(Stdio::from(log))
             .spawn()
             .with_context(|| format!("starting {} run", binary.display()))?;
-        let pid = child.id().context("the worker process exited at once")?;
-        Ok(Self::Process { child, pid })
+        let pid = child.id();
+        Ok(Self::Process {
+            child: ChildWorker(child),
+            pid,
+        })
     }
 
     /// The process to read /proc of (`None`: this one).
@@ -95,7 +128,7 @@ impl Worker {
                 }
             }
             Self::Process { child, pid } => {
-                if let Some(status) = child.try_wait()? {
+                if let Some(status) = child.0.try_wait()? {
                     bail!("worker process {pid} exited unexpectedly: {status}");
                 }
             }
@@ -118,26 +151,18 @@ impl Worker {
                     .context("the in-process worker failed")?;
             }
             Self::Process { mut child, pid } => {
-                let sent = tokio::process::Command::new("kill")
+                let sent = Command::new("kill")
                     .args(["-TERM", &pid.to_string()])
                     .status()
-                    .await
                     .context("running kill")?;
                 if !sent.success() {
                     bail!("kill -TERM {pid} failed");
                 }
-                match tokio::time::timeout(GRACE, child.wait()).await {
-                    Ok(status) => {
-                        let status = status?;
-                        if !status.success() {
-                            bail!("worker process {pid} exited with {status}");
-                        }
-                    }
-                    Err(_) => {
-                        child.start_kill()?;
-                        child.wait().await?;
-                        bail!("worker process {pid} did not stop within {GRACE:?}; killed");
-                    }
+                match child.wait(GRACE).await? {
+                    Some(status) if status.success() => {}
+                    Some(status) => bail!("worker process {pid} exited with {status}"),
+                    // Dropping the child kills it.
+                    None => bail!("worker process {pid} did not stop within {GRACE:?}; killed"),
                 }
             }
         }
