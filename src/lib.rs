@@ -8,10 +8,11 @@
 //! (private-network guard), `delivery` (one HTTP call), `retry` (schedule
 //! policy), `queue` (claiming, apalis backend), `recorder` (batched log
 //! writes), `worker` (wiring, shutdown), `admin` (status, redeliver),
-//! `receiver` (a local HTTP receiver for bench and tests), `telemetry`.
+//! `telemetry`. The workspace beside it: `bench/` (the benchmark) and
+//! `test-support/` (the HTTP receiver and helpers the integration tests and
+//! the benchmark share).
 
 pub mod admin;
-pub mod bench;
 pub mod config;
 pub mod db;
 pub mod decision;
@@ -20,7 +21,6 @@ pub mod embedded;
 pub mod payload;
 pub mod pipeline;
 pub mod queue;
-pub mod receiver;
 pub mod recorder;
 pub mod signing;
 pub mod target;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use clinic_webhooks::admin::{self, Redelivery};
-use clinic_webhooks::bench::{self, BenchOptions};
 use clinic_webhooks::config::Settings;
 use clinic_webhooks::embedded::{self, Cluster};
 use clinic_webhooks::{db, telemetry, worker};
@@ -14,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 // The worker allocates a little at every step of every call (the request,
-// the payload, the log's columns); glibc's malloc and free were a fifth of
-// its CPU under load. jemalloc's thread caches take most of that away and
-// it hands a burst's memory back afterwards (BENCHMARKS.md, sixth session).
+// the payload, the log's columns): under load glibc's malloc and free were
+// 21–25 % of its CPU. With jemalloc's thread caches fan-out rose 10–20 %,
+// and it hands a burst's memory back afterwards (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -44,50 +43,6 @@ enum Command {
     Status,
     /// Send a delivery, an event, or an endpoint's failures again.
     Redeliver(RedeliverArgs),
-    /// Measure throughput, latency, trigger cost, fan-out, scale-out and
-    /// memory on a private database (issue 3); see BENCHMARKS.md.
-    Bench(BenchArgs),
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    /// The PostgreSQL server to create the private database `cw_bench_*` on.
-    #[arg(long, default_value = bench::DEFAULT_DATABASE_URL)]
-    database_url: String,
-    /// Repetitions of each scenario (default 3; 1 with --quick).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
-    repeat: Option<u32>,
-    /// Smaller workloads, for a quick look.
-    #[arg(long)]
-    quick: bool,
-    /// One JSON object on stdout instead of the table.
-    #[arg(long)]
-    json: bool,
-    /// Also write the JSON object to this file.
-    #[arg(long, value_name = "FILE")]
-    json_out: Option<PathBuf>,
-    /// Only these scenarios: throughput, latency, trigger, fanout, scaleout, memory.
-    #[arg(long, num_args = 1.., value_delimiter = ',')]
-    only: Vec<bench::Scenario>,
-    /// Seconds of the steady 200/s latency run (default 40).
-    #[arg(long)]
-    latency_secs: Option<f64>,
-    /// Seconds of the steady part of the memory run (default 60).
-    #[arg(long)]
-    steady_secs: Option<f64>,
-    /// Run the worker as a `clinic-webhooks run` child process in every scenario.
-    #[arg(long)]
-    process_workers: bool,
-    /// Keep the database afterwards, to look inside.
-    #[arg(long)]
-    keep_database: bool,
-    /// `max_in_flight` of every bench endpoint (its bulkhead).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(i32).range(1..=1000))]
-    max_in_flight: i32,
-    /// The `clinic-webhooks` binary to run as the worker process (default:
-    /// this one), e.g. another build to compare with.
-    #[arg(long, value_name = "PATH")]
-    worker_binary: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -128,11 +83,6 @@ impl RedeliverArgs {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let command = match cli.command {
-        // Not through connect(): the bench makes its own database.
-        Command::Bench(args) => return bench(args).await,
-        command => command,
-    };
     let config_file = cli.config.clone().or_else(|| {
         let default = PathBuf::from("config.toml");
         default.exists().then_some(default)
@@ -141,7 +91,7 @@ async fn main() -> Result<()> {
     telemetry::init(&settings.log);
 
     let (pool, cluster) = connect(&settings).await?;
-    let result = match command {
+    let result = match cli.command {
         Command::Migrate => {
             db::migrate(&pool).await?;
             println!("migrations applied");
@@ -158,7 +108,6 @@ async fn main() -> Result<()> {
             println!("{}", admin::redeliver(&pool, &what).await?);
             Ok(())
         }
-        Command::Bench(_) => unreachable!("handled above"),
     };
     pool.close().await;
     if let Some(cluster) = cluster.filter(|c| c.started_here)
@@ -189,39 +138,6 @@ async fn connect(settings: &Settings) -> Result<(PgPool, Option<Cluster>)> {
     // The embedded cluster is ours: always bring its schema up to date.
     db::migrate(&pool).await?;
     Ok((pool, Some(cluster)))
-}
-
-async fn bench(args: BenchArgs) -> Result<()> {
-    bench::init_logging();
-    let report = bench::run(BenchOptions {
-        database_url: args.database_url,
-        repeat: args
-            .repeat
-            .map_or(if args.quick { 1 } else { 3 }, |n| n as usize),
-        quick: args.quick,
-        only: args.only,
-        latency_seconds: args.latency_secs,
-        steady_seconds: args.steady_secs,
-        process_workers: args.process_workers,
-        keep_database: args.keep_database,
-        max_in_flight: args.max_in_flight,
-        worker_binary: args.worker_binary,
-        ..BenchOptions::default()
-    })
-    .await?;
-    let json = serde_json::to_string_pretty(&report.to_json())?;
-    if let Some(path) = &args.json_out {
-        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if args.json {
-        println!("{json}");
-    } else {
-        print!("{}", report.table());
-    }
-    if !report.errors.is_empty() {
-        bail!("{} bench run(s) failed (see above)", report.errors.len());
-    }
-    Ok(())
 }
 
 async fn run(settings: &Settings, pool: PgPool) -> Result<()> {

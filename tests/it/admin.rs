@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clinic_webhooks::receiver::{Receiver, Reply};
+use clinic_webhooks_test_support::{Receiver, Reply};
 use sqlx::PgPool;
 use uuid::Uuid;
 

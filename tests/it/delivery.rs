@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use clinic_webhooks::receiver::{Receiver, Reply};
+use clinic_webhooks_test_support::{Receiver, Reply};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clinic_webhooks::receiver::{Receiver, Reply};
+use clinic_webhooks_test_support::{Receiver, Reply};
 
 use crate::support::{self, TestDb};
 

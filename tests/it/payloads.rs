@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use clinic_webhooks::receiver::{Received, Receiver};
+use clinic_webhooks_test_support::{Received, Receiver};
 
 use crate::support::{self, InProcessWorker, TestDb};
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clinic_webhooks::receiver::{Received, Receiver, Reply};
+use clinic_webhooks_test_support::{Received, Receiver, Reply};
 
 use crate::support::{self, InProcessWorker, TestDb};
 

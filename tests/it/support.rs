@@ -3,10 +3,13 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clinic_webhooks::config::Settings;
 use clinic_webhooks::db;
+use clinic_webhooks_test_support::{
+    drop_databases, drop_stale_databases, unix_now, worker_command, worker_settings,
+};
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
@@ -104,36 +107,11 @@ async fn template() -> &'static str {
 
 /// Other templates, and test databases left by runs an hour or more ago.
 async fn drop_stale_test_databases(admin: &mut PgConnection, current_template: &str) {
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'cw\\_template\\_%' OR datname LIKE 'cw\\_test\\_%'",
-    )
-    .fetch_all(&mut *admin)
-    .await
-    .unwrap_or_default();
-    let now = unix_now();
-    for name in names {
-        let stale = match name.strip_prefix("cw_test_") {
-            Some(rest) => rest
-                .split('_')
-                .next()
-                .and_then(|t| t.parse::<u64>().ok())
-                .is_some_and(|t| t + 3600 < now),
-            None => name != current_template && !name.starts_with(current_template),
-        };
-        if stale {
-            let _ = admin
-                .execute(AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .await;
-        }
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    let _ = drop_databases(admin, "cw_template_", |name| {
+        name != current_template && !name.starts_with(current_template)
+    })
+    .await;
+    let _ = drop_stale_databases(admin, "cw_test_", Duration::from_secs(3600)).await;
 }
 
 /// A fresh, migrated database for one test; dropped with the test.
@@ -177,8 +155,7 @@ impl Drop for TestDb {
 
 /// Settings for tests: loopback allowed, short timeouts and retries.
 pub fn settings(extra: &[(&str, &str)]) -> Settings {
-    let mut env: Vec<(String, String)> = [
-        ("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true"),
+    let defaults = [
         ("CLINIC_WEBHOOKS__HTTP__TIMEOUT", "2s"),
         ("CLINIC_WEBHOOKS__HTTP__CONNECT_TIMEOUT", "1s"),
         ("CLINIC_WEBHOOKS__WORKER__LEASE", "8s"),
@@ -187,12 +164,8 @@ pub fn settings(extra: &[(&str, &str)]) -> Settings {
         ("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "200ms,200ms"),
         ("CLINIC_WEBHOOKS__RETRY__JITTER", "0"),
         ("CLINIC_WEBHOOKS__LOG__LEVEL", "warn"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Settings::load(None, env).expect("test settings")
+    ];
+    worker_settings(defaults.iter().chain(extra).copied()).expect("test settings")
 }
 
 /// The worker running in this process until dropped (or `stop`ped).
@@ -233,20 +206,20 @@ impl Drop for InProcessWorker {
 
 /// The real binary, `clinic-webhooks run`, against a test database.
 pub fn spawn_binary(db: &TestDb, extra_env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clinic-webhooks"));
-    cmd.arg("run")
-        .env("DATABASE_URL", &db.url)
-        .env("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true")
-        .env("CLINIC_WEBHOOKS__WORKER__POLL_INTERVAL", "100ms")
-        .env("CLINIC_WEBHOOKS__LOG__LEVEL", "info")
-        .env_remove("RUST_LOG")
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn clinic-webhooks")
+    let defaults = [
+        ("CLINIC_WEBHOOKS__WORKER__POLL_INTERVAL", "100ms"),
+        ("CLINIC_WEBHOOKS__LOG__LEVEL", "info"),
+    ];
+    let env: Vec<(&str, &str)> = defaults.iter().chain(extra_env).copied().collect();
+    worker_command(
+        Path::new(env!("CARGO_BIN_EXE_clinic-webhooks")),
+        &db.url,
+        &env,
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn clinic-webhooks")
 }
 
 /// Sends a signal with the system `kill` (no unsafe code in the tests either).

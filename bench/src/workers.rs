@@ -3,16 +3,17 @@
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-use crate::{db, worker};
+use clinic_webhooks::config::Settings;
+use clinic_webhooks::{db, worker};
+use clinic_webhooks_test_support::{ALLOW_LOOPBACK, worker_command, worker_settings};
 
 const PREFIX: &str = "CLINIC_WEBHOOKS__";
 
@@ -20,18 +21,11 @@ const PREFIX: &str = "CLINIC_WEBHOOKS__";
 /// CLINIC_WEBHOOKS__* variable of this environment, so a setting can be
 /// benchmarked), plus what the bench needs: a receiver on 127.0.0.1.
 pub fn settings(name: &str) -> Result<Settings> {
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(PREFIX))
-        .collect();
-    env.extend(
-        [
-            ("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true"),
-            ("CLINIC_WEBHOOKS__WORKER__NAME", name),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    Settings::load(None, env).context("worker settings for the bench")
+    let inherited = std::env::vars().filter(|(k, _)| k.starts_with(PREFIX));
+    // Loopback after the inherited variables: the receiver must stay reachable.
+    let ours = [ALLOW_LOOPBACK, ("CLINIC_WEBHOOKS__WORKER__NAME", name)]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    worker_settings(inherited.chain(ours)).context("worker settings for the bench")
 }
 
 /// A running worker.
@@ -42,9 +36,40 @@ pub enum Worker {
         pool: PgPool,
     },
     Process {
-        child: tokio::process::Child,
+        child: ChildWorker,
         pid: u32,
     },
+}
+
+/// A `clinic-webhooks run` child process, killed if dropped while running
+/// (a failed scenario must not leave a worker behind). `std::process`, not
+/// tokio's: then the workspace builds tokio with one feature set, the
+/// product's, and the bench waits by polling, which it does not measure.
+pub struct ChildWorker(Child);
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl ChildWorker {
+    /// Waits up to `timeout` for the process to exit.
+    async fn wait(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Worker {
@@ -66,25 +91,24 @@ impl Worker {
             .as_fd()
             .try_clone_to_owned()
             .context("duplicating stderr for the worker's log")?;
-        let child = tokio::process::Command::new(binary)
-            .arg("run")
-            .env_remove("CLINIC_WEBHOOKS_CONFIG")
-            .env_remove("RUST_LOG")
-            .env("DATABASE_URL", url)
-            .env("CLINIC_WEBHOOKS__DATABASE__URL", url)
-            .env("CLINIC_WEBHOOKS__DATABASE__MIGRATE_ON_START", "false")
-            .env("CLINIC_WEBHOOKS__HTTP__ALLOW_PRIVATE_TARGETS", "true")
-            .env("CLINIC_WEBHOOKS__WORKER__NAME", name)
-            .env("CLINIC_WEBHOOKS__LOG__LEVEL", "warn")
-            // No config.toml of the working directory: only the defaults and the above.
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
+        let mut command = worker_command(
+            binary,
+            url,
+            &[
+                ("CLINIC_WEBHOOKS__DATABASE__MIGRATE_ON_START", "false"),
+                ("CLINIC_WEBHOOKS__WORKER__NAME", name),
+                ("CLINIC_WEBHOOKS__LOG__LEVEL", "warn"),
+            ],
+        );
+        let child = command
             .stdout(Stdio::from(log))
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} run", binary.display()))?;
-        let pid = child.id().context("the worker process exited at once")?;
-        Ok(Self::Process { child, pid })
+        let pid = child.id();
+        Ok(Self::Process {
+            child: ChildWorker(child),
+            pid,
+        })
     }
 
     /// The process to read /proc of (`None`: this one).
@@ -104,7 +128,7 @@ impl Worker {
                 }
             }
             Self::Process { child, pid } => {
-                if let Some(status) = child.try_wait()? {
+                if let Some(status) = child.0.try_wait()? {
                     bail!("worker process {pid} exited unexpectedly: {status}");
                 }
             }
@@ -127,26 +151,18 @@ impl Worker {
                     .context("the in-process worker failed")?;
             }
             Self::Process { mut child, pid } => {
-                let sent = tokio::process::Command::new("kill")
+                let sent = Command::new("kill")
                     .args(["-TERM", &pid.to_string()])
                     .status()
-                    .await
                     .context("running kill")?;
                 if !sent.success() {
                     bail!("kill -TERM {pid} failed");
                 }
-                match tokio::time::timeout(GRACE, child.wait()).await {
-                    Ok(status) => {
-                        let status = status?;
-                        if !status.success() {
-                            bail!("worker process {pid} exited with {status}");
-                        }
-                    }
-                    Err(_) => {
-                        child.start_kill()?;
-                        child.wait().await?;
-                        bail!("worker process {pid} did not stop within {GRACE:?}; killed");
-                    }
+                match child.wait(GRACE).await? {
+                    Some(status) if status.success() => {}
+                    Some(status) => bail!("worker process {pid} exited with {status}"),
+                    // Dropping the child kills it.
+                    None => bail!("worker process {pid} did not stop within {GRACE:?}; killed"),
                 }
             }
         }

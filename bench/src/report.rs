@@ -1,5 +1,5 @@
 //! The bench's report: every run's raw measurements, a summary row per
-//! measure (median and spread over repetitions, against issue 3's targets),
+//! measure (median and spread over repetitions, against the worker's targets),
 //! rendered as one table or one JSON object.
 
 use std::fmt::Write as _;
@@ -7,14 +7,14 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::Scenario;
-use super::env::Server;
-use super::scenarios::{Flow, Latency, MemoryRun, Plan, ScaleOut, TriggerCost};
-use super::stats;
-use super::sys::Machine;
-use crate::config::Settings;
+use crate::Scenario;
+use crate::env::Server;
+use crate::scenarios::{Flow, Latency, MemoryRun, Plan, ScaleOut, TriggerCost};
+use crate::stats;
+use crate::sys::Machine;
+use clinic_webhooks::config::Settings;
 
-/// A target of issue 3.
+/// A target the worker is held to (BENCHMARKS.md lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
@@ -152,13 +152,13 @@ impl BenchReport {
             scaleout: Vec::new(),
             memory: Vec::new(),
             bench_process_peak_rss_mb: None,
-            loadavg_start: super::sys::loadavg(),
+            loadavg_start: crate::sys::loadavg(),
             loadavg_end: None,
             errors: Vec::new(),
         }
     }
 
-    /// The measures with a target first (issue 3's table), then the ones
+    /// The measures with a target first (the targets' table), then the ones
     /// that explain them.
     pub fn rows(&self) -> Vec<Row> {
         use Target::{AtLeast, AtMost};
@@ -574,7 +574,7 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "clinic-webhooks bench: {} repetition(s){}; {} CPUs; load {} → {}; {}",
+            "clinic-webhooks-bench: {} repetition(s){}; {} CPUs; load {} → {}; {}",
             self.repeat,
             if self.quick { ", --quick" } else { "" },
             self.machine.cpus,

@@ -1,4 +1,4 @@
-//! The measured scenarios of issue 3. Each run starts from an empty queue
+//! The measured scenarios. Each run starts from an empty queue
 //! and a fresh receiver, warms the worker up with one delivery (so that it
 //! listens, has its connections and its HTTP connection), measures, and
 //! stops the worker gracefully.
@@ -13,13 +13,13 @@ use sqlx::Connection;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::env::{
+use crate::env::{
     self, BenchDb, CLINIC_ID, INSERT_ONE_VISIT, INSERT_ONE_VISIT_RETURNING, MEMBER_ID, Tally,
 };
-use super::stats;
-use super::sys::{self, CpuMeter, CpuUse};
-use super::workers::{Worker, stop_all};
-use crate::receiver::Receiver;
+use crate::stats;
+use crate::sys::{self, CpuMeter, CpuUse};
+use crate::workers::{Worker, stop_all};
+use clinic_webhooks_test_support::Receiver;
 
 /// Sizes of the workloads.
 #[derive(Debug, Clone, Serialize)]

@@ -1,4 +1,4 @@
-//! A small real HTTP/1.1 receiver on 127.0.0.1, for `bench` and the tests:
+//! A small real HTTP/1.1 receiver on 127.0.0.1, for the bench and the tests:
 //! it records every request and answers as a script says (status, headers,
 //! body, delay). Keep-alive, so it measures us, not connection setup.
 

@@ -2,14 +2,14 @@
 //! resetting between runs, waiting for deliveries, and server counters.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
 
-use crate::db;
-use crate::receiver::{Received, Receiver};
+use clinic_webhooks::db;
+use clinic_webhooks_test_support::{Received, Receiver, drop_stale_databases, unix_now};
 
 /// Databases left behind by a bench that was killed are dropped after this long.
 const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -42,19 +42,15 @@ fn url_for(admin_url: &str, database: &str) -> Result<String> {
     Ok(url.to_string())
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl BenchDb {
     /// Creates, migrates and seeds the database.
     pub async fn create(admin_url: &str) -> Result<Self> {
         let mut admin = PgConnection::connect(admin_url)
             .await
             .context("connecting to the PostgreSQL server given by --database-url")?;
-        drop_stale(&mut admin).await;
+        if let Err(err) = drop_stale_databases(&mut admin, "cw_bench_", STALE_AFTER).await {
+            tracing::debug!(error = %err, "could not look for stale bench databases");
+        }
         let name = format!("cw_bench_{}_{:08x}", unix_now(), fastrand::u32(..));
         admin
             .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -315,29 +311,6 @@ impl BenchDb {
             shared_preload_libraries: setting("shared_preload_libraries").await?,
             target: db::describe(&self.url.parse()?),
         })
-    }
-}
-
-/// Drops bench databases older than a day (their bench was killed).
-async fn drop_stale(admin: &mut PgConnection) {
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'cw\\_bench\\_%'")
-            .fetch_all(&mut *admin)
-            .await
-            .unwrap_or_default();
-    let now = unix_now();
-    for name in names {
-        let created = name
-            .strip_prefix("cw_bench_")
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|t| t.parse::<u64>().ok());
-        if created.is_some_and(|t| t + STALE_AFTER.as_secs() < now) {
-            let _ = admin
-                .execute(AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .await;
-        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! `clinic-webhooks bench`: the measurements of issue 3, on a private
-//! database that it creates (and drops), with the real triggers, the real
-//! worker, the real log, and the bundled receiver on 127.0.0.1.
+//! The clinic-webhooks benchmark: the worker measured on a private database
+//! that it creates (and drops), with the real triggers, the real worker, the
+//! real log, and the test-support HTTP receiver on 127.0.0.1.
 //!
 //! Scenarios (each repeated, median and spread reported):
 //! * `throughput`: 20,000 visits inserted in one statement, one v2 endpoint;
@@ -30,7 +30,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 pub use report::{BenchReport, Row, Target};
 pub use scenarios::{Flow, Latency, Load, MemoryRun, Plan, ScaleOut, TriggerCost};
@@ -92,6 +92,7 @@ impl FromStr for Scenario {
     }
 }
 
+/// What to measure, and how; the fields are the command line's options.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// A PostgreSQL server URL; the bench creates `cw_bench_*` there.
@@ -112,28 +113,11 @@ pub struct BenchOptions {
     pub keep_database: bool,
     /// `max_in_flight` of every bench endpoint (its bulkhead).
     pub max_in_flight: i32,
-    /// The binary started by `scaleout` and `memory`; default: this executable.
-    pub worker_binary: Option<PathBuf>,
+    /// The `clinic-webhooks` binary run as the worker process (by `latency`,
+    /// `scaleout`, `memory`, and every scenario with `process_workers`).
+    pub worker_binary: PathBuf,
     /// Progress lines on stderr.
     pub progress: bool,
-}
-
-impl Default for BenchOptions {
-    fn default() -> Self {
-        Self {
-            database_url: DEFAULT_DATABASE_URL.to_owned(),
-            repeat: 3,
-            quick: false,
-            only: Vec::new(),
-            latency_seconds: None,
-            steady_seconds: None,
-            process_workers: false,
-            keep_database: false,
-            max_in_flight: 256,
-            worker_binary: None,
-            progress: true,
-        }
-    }
 }
 
 impl BenchOptions {
@@ -207,15 +191,11 @@ async fn latency_both(
 /// of every scenario, then repetition 2, ...) and reports. A failed run is
 /// reported in `errors` and does not stop the others.
 pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
-    let binary = match &opts.worker_binary {
-        Some(path) => path.clone(),
-        None => std::env::current_exe().context("locating this executable")?,
-    };
     let db = env::BenchDb::create(&opts.database_url).await?;
     if opts.progress {
         eprintln!("[bench] database {} created and migrated", db.name);
     }
-    let result = run_on(&db, &opts, &binary).await;
+    let result = run_on(&db, &opts, &opts.worker_binary).await;
     if opts.keep_database {
         if opts.progress {
             eprintln!("[bench] kept database {}", db.name);
