@@ -1,11 +1,12 @@
 //! Connections and migrations. Our migration bookkeeping lives in our own
 //! schema (`webhooks._sqlx_migrations`), so it never touches the app's tables.
 
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -65,8 +66,25 @@ pub fn claim_pool(main: &PgPool) -> PgPool {
         .connect_lazy_with(options)
 }
 
+/// How long opening the first connection may take before `connect` gives up.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn open(options: PgConnectOptions, max_connections: u32) -> Result<PgPool> {
     let target = describe(&options);
+    // One plain connection first: the pool would retry a refused connection
+    // until its timeout and then report only that it timed out, where the
+    // operator needs the cause (refused, unknown host, bad password) now.
+    let first = tokio::time::timeout(FIRST_CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| DbError::Connect {
+            target: target.clone(),
+            source: sqlx::Error::PoolTimedOut,
+        })?
+        .map_err(|source| DbError::Connect {
+            target: target.clone(),
+            source,
+        })?;
+    let _ = first.close().await;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
@@ -95,5 +113,55 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
             Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
         ),
         _ => false,
+    }
+}
+
+/// Where the worker's parts report the outcome of their database work, so
+/// that an outage is logged once when it starts and once when it ends (with
+/// its length), not once per failed attempt of every part. Errors that are
+/// not transient are the caller's to log.
+#[derive(Debug, Default)]
+pub struct Connectivity {
+    down_since: Mutex<Option<Instant>>,
+}
+
+impl Connectivity {
+    /// A transient failure of `what` (e.g. "claiming deliveries").
+    pub fn failed(&self, what: &str, err: &sqlx::Error) {
+        let mut down = self
+            .down_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if down.is_some() {
+            tracing::debug!(error = %err, what, "the database is still unreachable");
+            return;
+        }
+        *down = Some(Instant::now());
+        let cause = match err {
+            sqlx::Error::PoolTimedOut => {
+                "no connection could be opened within 10s (refused or unreachable)".to_owned()
+            }
+            other => other.to_string(),
+        };
+        tracing::warn!(error = %cause, what,
+            "lost the database; every part of the worker retries with backoff, and keeps what it has to write");
+    }
+
+    /// Database work succeeded.
+    pub fn ok(&self) {
+        let mut down = self
+            .down_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(since) = down.take() {
+            tracing::info!(outage = ?since.elapsed(), "the database is reachable again");
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.down_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
     }
 }

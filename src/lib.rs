@@ -3,14 +3,16 @@
 //! them (Standard Webhooks), delivers them with a durable retry schedule, and
 //! records every call in a log that is queried in SQL.
 //!
-//! Module map: `config` (settings), `db` (pool, migrations), `embedded` (the
-//! private default cluster), `payload` (v1/v2 bodies), `signing`, `target`
-//! (private-network guard), `delivery` (one HTTP call), `retry` (schedule
-//! policy), `queue` (claiming, apalis backend), `recorder` (batched log
-//! writes), `worker` (wiring, shutdown), `admin` (status, redeliver),
-//! `telemetry`. The workspace beside it: `bench/` (the benchmark) and
-//! `test-support/` (the HTTP receiver and helpers the integration tests and
-//! the benchmark share).
+//! Module map: `config` (settings), `db` (pools, migrations, outage
+//! reporting), `embedded` (the private default cluster), `payload` (v1/v2
+//! bodies), `signing`, `target` (private-network guard), `delivery` (one
+//! HTTP call and its failure kind), `decision` (what follows a call: the
+//! retry policy), `pipeline` (render, sign, send, decide, record), `queue`
+//! (claiming, apalis backend), `recorder` (batched log writes), `presence`
+//! (the worker's lock and LISTEN connection), `worker` (wiring, recovery,
+//! shutdown), `admin` (status, redeliver), `telemetry`. The workspace beside
+//! it: `bench/` (the benchmark) and `test-support/` (the HTTP receiver and
+//! helpers the integration tests and the benchmark share).
 
 pub mod admin;
 pub mod config;
@@ -20,6 +22,7 @@ pub mod delivery;
 pub mod embedded;
 pub mod payload;
 pub mod pipeline;
+pub mod presence;
 pub mod queue;
 pub mod recorder;
 pub mod signing;

@@ -21,6 +21,8 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use crate::db::{Connectivity, is_transient};
+
 /// The NOTIFY channel the triggers and redelivery functions signal.
 pub const CHANNEL: &str = "clinic_webhooks";
 
@@ -159,6 +161,7 @@ pub struct Claimer {
     buffer: Buffer,
     finished: FinishedCalls,
     pacing: Pacing,
+    connectivity: Arc<Connectivity>,
 }
 
 /// How soon to look again after a claim that found work. The triggers let
@@ -252,6 +255,7 @@ impl Claimer {
         poll_interval: Duration,
         concurrency: usize,
         wake: Arc<Notify>,
+        connectivity: Arc<Connectivity>,
     ) -> Self {
         Self {
             pool,
@@ -266,6 +270,7 @@ impl Claimer {
             wake,
             buffer: Arc::default(),
             pacing: Pacing::new(poll_interval),
+            connectivity,
         }
     }
 
@@ -306,12 +311,17 @@ impl Claimer {
                         "claim"
                     );
                     backoff = Duration::from_millis(100);
+                    self.connectivity.ok();
                     self.pacing.claimed(started, wanted, rows.len());
                     let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
                     buffer.extend(rows.into_iter().zip(slots));
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "claiming deliveries failed");
+                    if is_transient(&err) {
+                        self.connectivity.failed("claiming deliveries", &err);
+                    } else {
+                        tracing::warn!(error = %err, retry_in = ?backoff, "claiming deliveries failed");
+                    }
                     self.pacing.failed();
                     drop(slots);
                     tokio::time::sleep(backoff).await;

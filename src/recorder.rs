@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::db::is_transient;
+use crate::db::{Connectivity, is_transient};
 use crate::decision::Outcome;
 use crate::delivery::CallRecord;
 
@@ -86,11 +86,17 @@ pub fn spawn(
     pool: PgPool,
     config: RecorderConfig,
     wake: Arc<Notify>,
+    connectivity: Arc<Connectivity>,
 ) -> (Recorder, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Pending>(config.batch * 2);
     let task = tokio::spawn(async move {
-        let config = Arc::new(config);
         let writers = Arc::new(Semaphore::new(config.writers.max(1)));
+        let batch_size = config.batch;
+        let writer_of = Arc::new(Writer {
+            pool,
+            config,
+            connectivity,
+        });
         let mut in_flight = JoinSet::new();
         loop {
             // Wait for a free writer first, so that results keep gathering
@@ -98,24 +104,24 @@ pub fn spawn(
             let Ok(writer) = writers.clone().acquire_owned().await else {
                 break;
             };
-            let mut batch = Vec::with_capacity(config.batch);
-            if rx.recv_many(&mut batch, config.batch).await == 0 {
+            let mut batch = Vec::with_capacity(batch_size);
+            if rx.recv_many(&mut batch, batch_size).await == 0 {
                 break;
             }
             // A write costs about the same for one row as for dozens, and the
             // receiver already has its request: gather for a moment.
             let deadline = tokio::time::Instant::now() + BATCH_GATHER;
-            while batch.len() < config.batch {
-                let room = config.batch - batch.len();
+            while batch.len() < batch_size {
+                let room = batch_size - batch.len();
                 match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
                     Ok(n) if n > 0 => {}
                     _ => break,
                 }
             }
-            let (pool, config, wake) = (pool.clone(), config.clone(), wake.clone());
+            let (writer_of, wake) = (writer_of.clone(), wake.clone());
             in_flight.spawn(async move {
                 let started = std::time::Instant::now();
-                write_with_retry(&pool, &config.worker, config.disable_after, &batch).await;
+                writer_of.write_with_retry(&batch).await;
                 tracing::debug!(
                     rows = batch.len(),
                     ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -135,37 +141,107 @@ pub fn spawn(
     (Recorder { tx }, task)
 }
 
-/// Writes a batch, retrying transient errors until the database is back. A
-/// batch the database refuses for another reason is written row by row, so
-/// one bad row cannot take the others with it.
-async fn write_with_retry(pool: &PgPool, worker: &str, disable_after: Duration, batch: &[Pending]) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match write(pool, worker, disable_after, batch).await {
-            Ok(()) => return,
-            Err(err) if is_transient(&err) => {
-                tracing::warn!(error = %err, rows = batch.len(), retry_in = ?backoff,
-                    "recording attempts failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(err) if batch.len() > 1 => {
-                tracing::warn!(error = %err, rows = batch.len(),
-                    "recording a batch of attempts failed; writing them one by one");
-                for one in batch.chunks(1) {
-                    Box::pin(write_with_retry(pool, worker, disable_after, one)).await;
+/// Writes batches of results.
+struct Writer {
+    pool: PgPool,
+    config: RecorderConfig,
+    connectivity: Arc<Connectivity>,
+}
+
+impl Writer {
+    /// Writes a batch, retrying transient errors until the database is
+    /// back. A batch the database refuses for another reason is written row
+    /// by row, so one bad row cannot take the others with it.
+    async fn write_with_retry(&self, batch: &[Pending]) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.write(batch).await {
+                Ok(late) => {
+                    self.connectivity.ok();
+                    warn_late(&late);
+                    return;
                 }
-                return;
-            }
-            Err(err) => {
-                // The delivery stays leased; when the lease expires it is sent again.
-                let (r, _) = &batch[0];
-                tracing::error!(error = %err, delivery_id = r.delivery_id, attempt = r.attempt,
-                    "the database refused an attempt record; the delivery will be retried after its lease");
-                return;
+                Err(err) if is_transient(&err) => {
+                    self.connectivity.failed("recording attempts", &err);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(err) if batch.len() > 1 => {
+                    tracing::warn!(error = %err, rows = batch.len(),
+                        "recording a batch of attempts failed; writing them one by one");
+                    for one in batch.chunks(1) {
+                        Box::pin(self.write_with_retry(one)).await;
+                    }
+                    return;
+                }
+                Err(err) => {
+                    // The delivery stays leased; when the lease expires it is sent again.
+                    let (r, _) = &batch[0];
+                    tracing::error!(error = %err, delivery_id = r.delivery_id, attempt = r.attempt,
+                        "the database refused an attempt record; the delivery will be retried after its lease");
+                    return;
+                }
             }
         }
     }
+
+    /// One statement for the whole batch; returns the (delivery, attempt) of
+    /// results that came after their delivery was taken back.
+    async fn write(&self, batch: &[Pending]) -> Result<Vec<(i64, i32)>, sqlx::Error> {
+        let mut c = Columns::default();
+        for (r, _) in batch {
+            c.push(r);
+        }
+        // Checked against the SQL at compile time: the number, order and types
+        // of its parameters (`as &[Option<_>]`: those arrays may hold NULLs).
+        let late = sqlx::query_file!(
+            "sql/worker/record_attempts.sql",
+            &c.delivery_id,
+            &c.endpoint_id,
+            &c.attempt,
+            &c.started_at,
+            &c.duration_ms,
+            &c.url,
+            &c.request_headers as &[Option<String>],
+            &c.request_body as &[Option<String>],
+            &c.response_status as &[Option<i16>],
+            &c.response_headers as &[Option<String>],
+            &c.response_body as &[Option<String>],
+            &c.response_truncated,
+            &c.outcome as &[&str],
+            &c.error_kind as &[Option<&str>],
+            &c.error as &[Option<String>],
+            &c.retry_in_s as &[Option<f64>],
+            &self.config.worker,
+            self.config.disable_after.as_secs_f64(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(late
+            .into_iter()
+            .map(|r| (r.delivery_id, r.attempt))
+            .collect())
+    }
+}
+
+/// For the operator: this worker lost these deliveries before it could
+/// record their results (it was stalled, or cut off from the database, for
+/// longer than its lease, or taken for gone). Another worker sent them
+/// again; these results are in the log as 'late' and changed nothing.
+fn warn_late(late: &[(i64, i32)]) {
+    if late.is_empty() {
+        return;
+    }
+    let shown: Vec<String> = late
+        .iter()
+        .take(10)
+        .map(|(delivery, attempt)| format!("{delivery}/{attempt}"))
+        .collect();
+    tracing::warn!(
+        late = late.len(),
+        deliveries = %shown.join(" "),
+        "results came after this worker had lost their deliveries (stalled or cut off past the lease); logged as late, changed nothing; the deliveries were taken over"
+    );
 }
 
 fn epoch_seconds(t: SystemTime) -> f64 {
@@ -224,42 +300,4 @@ impl Columns {
             .push(call.failure.as_ref().map(|f| f.message.clone()));
         self.retry_in_s.push(r.retry_in.map(|d| d.as_secs_f64()));
     }
-}
-
-async fn write(
-    pool: &PgPool,
-    worker: &str,
-    disable_after: Duration,
-    batch: &[Pending],
-) -> Result<(), sqlx::Error> {
-    let mut c = Columns::default();
-    for (r, _) in batch {
-        c.push(r);
-    }
-    // Checked against the SQL at compile time: the number, order and types
-    // of its parameters (`as &[Option<_>]`: those arrays may hold NULLs).
-    sqlx::query_file!(
-        "sql/worker/record_attempts.sql",
-        &c.delivery_id,
-        &c.endpoint_id,
-        &c.attempt,
-        &c.started_at,
-        &c.duration_ms,
-        &c.url,
-        &c.request_headers as &[Option<String>],
-        &c.request_body as &[Option<String>],
-        &c.response_status as &[Option<i16>],
-        &c.response_headers as &[Option<String>],
-        &c.response_body as &[Option<String>],
-        &c.response_truncated,
-        &c.outcome as &[&str],
-        &c.error_kind as &[Option<&str>],
-        &c.error as &[Option<String>],
-        &c.retry_in_s as &[Option<f64>],
-        worker,
-        disable_after.as_secs_f64(),
-    )
-    .execute(pool)
-    .await?;
-    Ok(())
 }

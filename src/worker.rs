@@ -1,7 +1,8 @@
-//! The apalis worker and what runs beside it: the LISTEN task that wakes the
-//! claimer, the lease-recovery loop, the result recorder, and graceful
-//! shutdown (stop claiming, drain in-flight calls within a deadline, hand back
-//! unstarted claims).
+//! The apalis worker and what runs beside it: its presence (the lock that
+//! tells other workers it is alive, and the LISTEN that wakes the claimer),
+//! the recovery loop that takes back what dead or stalled workers held, the
+//! result recorder, and graceful shutdown (stop claiming, drain in-flight
+//! calls within a deadline, hand back unstarted claims).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,17 +13,26 @@ use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::db;
+use crate::db::{self, Connectivity, is_transient};
 use crate::decision::RetryPolicy;
 use crate::delivery::{ClientError, Sender};
 use crate::pipeline::Pipeline;
-use crate::queue::{self, CHANNEL, Claimer, Job, QueueError};
+use crate::presence::Presence;
+use crate::queue::{self, Claimer, Job, QueueError};
 use crate::recorder::{self, RecorderConfig};
+
+/// How often every worker looks for deliveries to take back.
+pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a worker's presence lock must have been free before its
+/// deliveries are taken back: time for a worker whose connection dropped
+/// to take its lock again. A dead worker's deliveries are sent again within
+/// about RECOVERY_INTERVAL + PRESENCE_GRACE + RECOVERY_INTERVAL.
+pub const PRESENCE_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -32,6 +42,8 @@ pub enum WorkerError {
     Queue(#[from] QueueError),
     #[error("apalis worker: {0}")]
     Apalis(#[from] apalis_core::error::WorkerError),
+    #[error("registering this worker: {0}")]
+    Register(#[source] sqlx::Error),
 }
 
 /// A unique name per process: apalis and our leases need one (a restarted
@@ -55,25 +67,37 @@ pub async fn run(
     let name = worker_name(&settings.worker.name);
     let sender = Sender::new(&settings.http)?;
     let wake = Arc::new(Notify::new());
+    let connectivity = Arc::new(Connectivity::default());
+    let background = CancellationToken::new();
+    let presence = Presence::start(
+        &pool.connect_options(),
+        &name,
+        wake.clone(),
+        connectivity.clone(),
+        background.clone(),
+    )
+    .await
+    .map_err(WorkerError::Register)?;
     let (recorder, recorder_task) = recorder::spawn(
         pool.clone(),
         RecorderConfig {
             worker: name.clone(),
             batch: settings.worker.record_batch,
-            // The main pool's other users: LISTEN holds a connection, lease
-            // recovery takes one now and then. (Claims have their own pool.)
+            // The main pool's other user is the recovery loop, one
+            // connection now and then. (Claims and presence have their own.)
             writers: (settings.database.max_connections as usize)
-                .saturating_sub(2)
+                .saturating_sub(1)
                 .clamp(1, 4),
             disable_after: settings.health.disable_after,
         },
         wake.clone(),
+        connectivity.clone(),
     );
-    let background = CancellationToken::new();
-    let listener = tokio::spawn(listen(pool.clone(), wake.clone(), background.clone()));
-    let leases = tokio::spawn(recover_leases(
+    let recovery = tokio::spawn(recover_lost_deliveries(
         pool.clone(),
-        (settings.worker.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(15)),
+        name.clone(),
+        wake.clone(),
+        connectivity.clone(),
         background.clone(),
     ));
 
@@ -84,6 +108,7 @@ pub async fn run(
         settings.worker.poll_interval,
         settings.worker.concurrency,
         wake,
+        connectivity,
     );
     let pipeline = Arc::new(Pipeline {
         sender,
@@ -98,7 +123,7 @@ pub async fn run(
         .backend(queue::backend(claimer.clone())?)
         .data(pipeline)
         .build(handle);
-    tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker started");
+    tracing::info!(worker = %name, id = presence.id(), concurrency = settings.worker.concurrency, "worker started");
 
     let stop = shutdown.clone();
     // Boxed where its type is concrete: rustc cannot prove the apalis
@@ -133,8 +158,7 @@ pub async fn run(
         }
     }
     background.cancel();
-    let _ = listener.await;
-    let _ = leases.await;
+    let _ = recovery.await;
     // Every Recorder handle is gone with the worker; wait for the last writes.
     if tokio::time::timeout(Duration::from_secs(10), recorder_task)
         .await
@@ -142,6 +166,13 @@ pub async fn run(
     {
         tracing::warn!("the last attempt results were not written within 10s");
     }
+    if let Err(err) = sqlx::query_file!("sql/worker/deregister_worker.sql", &name)
+        .execute(&pool)
+        .await
+    {
+        tracing::warn!(error = %err, "could not remove this worker from webhooks.workers; another worker will");
+    }
+    presence.stopped().await;
     tracing::info!(worker = %name, "worker stopped");
     result
 }
@@ -154,52 +185,43 @@ async fn handle(job: Job, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynErr
     Ok(())
 }
 
-/// Wakes the claimer on every NOTIFY; reconnects after a database restart
-/// (the poll interval covers what was missed meanwhile).
-async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+/// Once a second, takes back the deliveries of workers that are gone and
+/// those whose lease expired, and wakes the claimer to send them again.
+async fn recover_lost_deliveries(
+    pool: PgPool,
+    name: String,
+    wake: Arc<Notify>,
+    connectivity: Arc<Connectivity>,
+    stop: CancellationToken,
+) {
     loop {
-        match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => match listener.listen(CHANNEL).await {
-                Ok(()) => {
-                    wake.notify_one();
-                    loop {
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            got = listener.recv() => match got {
-                                Ok(_) => wake.notify_one(),
-                                Err(err) => {
-                                    tracing::warn!(error = %err, "LISTEN connection lost; reconnecting");
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(err) => tracing::warn!(error = %err, "LISTEN failed"),
-            },
-            Err(err) => tracing::warn!(error = %err, "LISTEN connection failed"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// Periodically takes back deliveries whose worker vanished.
-async fn recover_leases(pool: PgPool, every: Duration, stop: CancellationToken) {
-    loop {
-        match sqlx::query_file_scalar!("sql/worker/recover_expired_leases.sql")
-            .fetch_one(&pool)
-            .await
+        match sqlx::query_file!(
+            "sql/worker/recover_lost_deliveries.sql",
+            &name,
+            PRESENCE_GRACE.as_secs_f64()
+        )
+        .fetch_one(&pool)
+        .await
         {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(recovered = n, "took back deliveries whose lease expired"),
-            Err(err) => tracing::warn!(error = %err, "recovering expired leases failed"),
+            Ok(taken) => {
+                connectivity.ok();
+                if taken.worker_lost > 0 || taken.lease_expired > 0 {
+                    tracing::warn!(
+                        worker_lost = taken.worker_lost,
+                        lease_expired = taken.lease_expired,
+                        "took back deliveries of workers that are gone or silent past their lease; sending them again"
+                    );
+                    wake.notify_one();
+                }
+            }
+            Err(err) if is_transient(&err) => {
+                connectivity.failed("recovering lost deliveries", &err)
+            }
+            Err(err) => tracing::warn!(error = %err, "recovering lost deliveries failed"),
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(RECOVERY_INTERVAL) => {}
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The real binary as an operator runs it: graceful stop on SIGTERM, no lost
-//! delivery after SIGKILL, and the embedded default database.
+//! The real binary as an operator runs it: graceful stop on SIGTERM, a
+//! database restart, and the embedded default database. (SIGKILL and
+//! SIGSTOP: `recovery`.)
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -52,73 +53,6 @@ async fn sigterm_drains_requests_in_flight_and_exits_zero() {
         .expect("read");
     assert!(stdout.contains("SIGTERM received"), "{stdout}");
     assert!(stdout.contains("worker stopped"), "{stdout}");
-}
-
-#[tokio::test]
-async fn sigkill_mid_delivery_loses_nothing() {
-    let db = TestDb::new().await;
-    // The first ten calls hang (the worker is killed while they are in
-    // flight); every later call is answered at once.
-    let receiver = Receiver::start(Arc::new(|_, n| {
-        if n < 10 {
-            Reply::status(200).delay(Duration::from_secs(30))
-        } else {
-            Reply::status(204)
-        }
-    }))
-    .await
-    .expect("receiver");
-    clinic_with_endpoint(&db, &receiver).await;
-    let mut first = support::spawn_binary(&db, FAST_LEASES);
-    support::visits(&db.pool, 1, 10, 10).await;
-    let in_flight = receiver.wait_for(10, Duration::from_secs(15)).await;
-    assert_eq!(in_flight.len(), 10);
-
-    first.kill().expect("SIGKILL");
-    first.wait().expect("reaped");
-    let leased: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM webhooks.deliveries WHERE state = 'delivering'")
-            .fetch_one(&db.pool)
-            .await
-            .expect("count");
-    assert_eq!(leased, 10, "the killed worker held all ten");
-
-    let mut second = support::spawn_binary(&db, FAST_LEASES);
-    support::wait_for_scalar(
-        &db.pool,
-        "SELECT count(*) FROM webhooks.deliveries WHERE state = 'succeeded'",
-        10,
-        Duration::from_secs(40),
-    )
-    .await;
-    support::signal(&second, "TERM");
-    support::wait_exit(&mut second, Duration::from_secs(10))
-        .await
-        .expect("second worker stopped");
-
-    // Every event arrived again, with the same webhook-id as the lost call.
-    let all = receiver.requests();
-    let first_ids: std::collections::BTreeSet<_> = all[..10]
-        .iter()
-        .map(|r| r.header("webhook-id").map(str::to_owned))
-        .collect();
-    let again: std::collections::BTreeSet<_> = all[10..]
-        .iter()
-        .map(|r| r.header("webhook-id").map(str::to_owned))
-        .collect();
-    assert_eq!(first_ids.len(), 10);
-    assert_eq!(first_ids, again);
-    // The log tells the story: the lost attempt, then the successful one.
-    let story: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT outcome::text, count(*) FROM webhooks.attempts GROUP BY 1 ORDER BY 1",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("story");
-    assert_eq!(
-        story,
-        [("abandoned".to_owned(), 10), ("succeeded".to_owned(), 10)]
-    );
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod admin;
 mod delivery;
 mod lifecycle;
 mod payloads;
+mod recovery;
 mod schema;
 mod semantics;
 mod support;

@@ -2,7 +2,8 @@
 -- (tests/it/schema.rs checks the migrated database against this file).
 --
 -- Deliveries whose lease has expired: the worker that claimed them stopped
--- reporting. A running worker takes them back within a quarter of a lease.
+-- reporting. A running worker takes them back within a second
+-- (webhooks.recover_lost_deliveries); rows stay here only while no worker runs.
 CREATE OR REPLACE VIEW webhooks.stuck_deliveries AS
 SELECT d.id                          AS delivery_id,
        d.endpoint_id,
