@@ -118,25 +118,36 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
 
 /// Where the worker's parts report the outcome of their database work, so
 /// that an outage is logged once when it starts and once when it ends (with
-/// its length), not once per failed attempt of every part. Errors that are
-/// not transient are the caller's to log.
+/// its length), not once per failed attempt of every part. A failure of work
+/// that began before the database last answered says nothing new (it waited
+/// out the outage, e.g. for a pool connection) and is not logged. Errors that
+/// are not transient are the caller's to log.
 #[derive(Debug, Default)]
 pub struct Connectivity {
-    down_since: Mutex<Option<Instant>>,
+    state: Mutex<ConnectivityState>,
+}
+
+#[derive(Debug, Default)]
+struct ConnectivityState {
+    down_since: Option<Instant>,
+    last_ok: Option<Instant>,
 }
 
 impl Connectivity {
-    /// A transient failure of `what` (e.g. "claiming deliveries").
-    pub fn failed(&self, what: &str, err: &sqlx::Error) {
-        let mut down = self
-            .down_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if down.is_some() {
+    fn state(&self) -> std::sync::MutexGuard<'_, ConnectivityState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A transient failure of `what` (e.g. "claiming deliveries"), work
+    /// that began at `began`.
+    pub fn failed(&self, what: &str, err: &sqlx::Error, began: Instant) {
+        let mut state = self.state();
+        let stale = state.last_ok.is_some_and(|ok| began < ok);
+        if state.down_since.is_some() || stale {
             tracing::debug!(error = %err, what, "the database is still unreachable");
             return;
         }
-        *down = Some(Instant::now());
+        state.down_since = Some(Instant::now());
         let cause = match err {
             sqlx::Error::PoolTimedOut => {
                 "no connection could be opened within 10s (refused or unreachable)".to_owned()
@@ -149,19 +160,10 @@ impl Connectivity {
 
     /// Database work succeeded.
     pub fn ok(&self) {
-        let mut down = self
-            .down_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(since) = down.take() {
+        let mut state = self.state();
+        state.last_ok = Some(Instant::now());
+        if let Some(since) = state.down_since.take() {
             tracing::info!(outage = ?since.elapsed(), "the database is reachable again");
         }
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.down_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
     }
 }

@@ -4,8 +4,9 @@
 //! no I/O, no randomness of its own.
 //!
 //! * 2xx: succeeded.
-//! * Connection, DNS and TLS errors, timeouts, an unreadable body, 408, 429
-//!   and 5xx: retried while the schedule has a next step, then failed.
+//! * Connection, DNS and TLS errors, timeouts, an answer that is not HTTP,
+//!   408, 429 and 5xx: retried while the schedule has a next step, then
+//!   failed. (A 2xx whose body is cut off afterwards is a success.)
 //! * Other 4xx, every 3xx (redirects are never followed), a refused target
 //!   and a request we could not build: failed at once.
 
@@ -92,6 +93,7 @@ fn is_retryable(kind: ErrorKind, status: Option<u16>) -> bool {
         | ErrorKind::Dns
         | ErrorKind::Connect
         | ErrorKind::Tls
+        | ErrorKind::Protocol
         | ErrorKind::Body => true,
         ErrorKind::Redirect | ErrorKind::RefusedTarget | ErrorKind::Internal => false,
     }
@@ -149,6 +151,7 @@ mod tests {
                 body: String::new(),
                 truncated: false,
                 retry_after: retry_after.map(Duration::from_secs),
+                cut_off: None,
             }),
             failure: kind.map(|kind| Failure {
                 kind,
@@ -226,6 +229,7 @@ mod tests {
             ErrorKind::Dns,
             ErrorKind::Connect,
             ErrorKind::Tls,
+            ErrorKind::Protocol,
             ErrorKind::Body,
         ] {
             assert_eq!(

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Dns,
     Connect,
     Tls,
+    /// Connected, but the answer was not a valid HTTP response.
+    Protocol,
     /// A non-2xx response status.
     Status,
     /// A 3xx: redirects are never followed.
@@ -42,6 +44,7 @@ impl ErrorKind {
             Self::Dns => "dns",
             Self::Connect => "connect",
             Self::Tls => "tls",
+            Self::Protocol => "protocol",
             Self::Status => "status",
             Self::Redirect => "redirect",
             Self::Body => "body",
@@ -64,6 +67,8 @@ pub struct ResponseRecord {
     pub body: String,
     pub truncated: bool,
     pub retry_after: Option<Duration>,
+    /// Why the body ended early, when it did (a reset, the timeout).
+    pub cut_off: Option<String>,
 }
 
 /// Everything the log keeps about one call.
@@ -224,7 +229,12 @@ impl Sender {
                     }),
                     status => Some(Failure {
                         kind: ErrorKind::Status,
-                        message: format!("HTTP {status}"),
+                        message: match &response.cut_off {
+                            None => format!("HTTP {status}"),
+                            Some(why) => {
+                                format!("HTTP {status}; the response body was cut off: {why}")
+                            }
+                        },
                     }),
                 };
                 (Some(response), failure)
@@ -279,6 +289,7 @@ impl Sender {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let mut kept = Vec::new();
         let mut truncated = false;
+        let mut cut_off = None;
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
@@ -292,12 +303,14 @@ impl Sender {
                     kept.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) if (200..300).contains(&status) && !e.is_timeout() => {
-                    // The status was already received: a broken body does not undo a 2xx.
+                // The status and headers have arrived: the receiver has
+                // answered, and its status decides. A body cut off by a
+                // reset or the timeout is kept as far as it came.
+                Err(e) => {
                     truncated = true;
+                    cut_off = Some(classify_error(e).message);
                     break;
                 }
-                Err(e) => return Err(classify_error(e)),
             }
         }
         Ok(ResponseRecord {
@@ -306,6 +319,7 @@ impl Sender {
             body: String::from_utf8_lossy(&kept).into_owned(),
             truncated,
             retry_after,
+            cut_off,
         })
     }
 }
@@ -323,11 +337,13 @@ fn classify_error(err: reqwest::Error) -> Failure {
     let mut refused = false;
     let mut dns = false;
     let mut tls = false;
+    let mut http = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = source {
         refused |= e.is::<RefusedTarget>();
         dns |= e.is::<DnsFailure>();
         tls |= e.is::<native_tls::Error>();
+        http |= e.is::<hyper::Error>();
         messages.push(e.to_string());
         source = e.source();
     }
@@ -340,8 +356,15 @@ fn classify_error(err: reqwest::Error) -> Failure {
         ErrorKind::Dns
     } else if tls {
         ErrorKind::Tls
+    } else if err.is_connect() {
+        ErrorKind::Connect
     } else if err.is_body() || err.is_decode() {
         ErrorKind::Body
+    } else if http {
+        // Connected, but what came back was no HTTP response: malformed or
+        // oversized, or the connection closed or reset before a complete
+        // response head. A broken receiver, not a down one.
+        ErrorKind::Protocol
     } else {
         ErrorKind::Connect
     };

@@ -33,6 +33,16 @@ pub enum EmbeddedError {
 
 pub type Result<T, E = EmbeddedError> = std::result::Result<T, E>;
 
+/// How to stop a cluster (`pg_ctl stop -m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Sessions are ended, a checkpoint is written.
+    Fast,
+    /// A crash: every process is killed at once; the next start recovers
+    /// from the WAL.
+    Immediate,
+}
+
 /// A running private cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -57,8 +67,16 @@ impl Cluster {
 
     /// Stops the cluster (fast shutdown: open sessions are ended).
     pub fn stop(&self) -> Result<()> {
+        self.stop_with(StopMode::Fast)
+    }
+
+    pub fn stop_with(&self, mode: StopMode) -> Result<()> {
+        let mode = match mode {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
         self.pg_ctl(
-            &["stop", "-m", "fast", "-w"],
+            &["stop", "-m", mode, "-w"],
             "stopping the embedded PostgreSQL",
         )
     }

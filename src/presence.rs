@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -113,7 +113,7 @@ impl Standing {
             };
             self.listening.store(false, Ordering::Relaxed);
             self.connectivity
-                .failed("the presence and LISTEN connection", &lost);
+                .failed("the presence and LISTEN connection", &lost, Instant::now());
             drop(listener);
             listener = match self.reconnect(&stop).await {
                 Some(listener) => listener,
@@ -134,11 +134,12 @@ impl Standing {
                 () = stop.cancelled() => return None,
                 () = tokio::time::sleep(backoff) => {}
             }
+            let began = Instant::now();
             match self.resume().await {
                 Ok(listener) => return Some(listener),
                 Err(err) if is_transient(&err) => {
                     self.connectivity
-                        .failed("the presence and LISTEN connection", &err);
+                        .failed("the presence and LISTEN connection", &err, began);
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "taking the presence lock again failed; retrying");

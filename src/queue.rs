@@ -318,7 +318,8 @@ impl Claimer {
                 }
                 Err(err) => {
                     if is_transient(&err) {
-                        self.connectivity.failed("claiming deliveries", &err);
+                        self.connectivity
+                            .failed("claiming deliveries", &err, started);
                     } else {
                         tracing::warn!(error = %err, retry_in = ?backoff, "claiming deliveries failed");
                     }

@@ -4,7 +4,7 @@
 //! handler finishes only after its result is durable, so a crash can repeat a
 //! call (at-least-once) but never lose one.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -155,6 +155,7 @@ impl Writer {
     async fn write_with_retry(&self, batch: &[Pending]) {
         let mut backoff = Duration::from_millis(50);
         loop {
+            let began = Instant::now();
             match self.write(batch).await {
                 Ok(late) => {
                     self.connectivity.ok();
@@ -162,7 +163,7 @@ impl Writer {
                     return;
                 }
                 Err(err) if is_transient(&err) => {
-                    self.connectivity.failed("recording attempts", &err);
+                    self.connectivity.failed("recording attempts", &err, began);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
@@ -195,6 +195,7 @@ async fn recover_lost_deliveries(
     stop: CancellationToken,
 ) {
     loop {
+        let began = Instant::now();
         match sqlx::query_file!(
             "sql/worker/recover_lost_deliveries.sql",
             &name,
@@ -215,7 +216,7 @@ async fn recover_lost_deliveries(
                 }
             }
             Err(err) if is_transient(&err) => {
-                connectivity.failed("recovering lost deliveries", &err)
+                connectivity.failed("recovering lost deliveries", &err, began)
             }
             Err(err) => tracing::warn!(error = %err, "recovering lost deliveries failed"),
         }

@@ -13,7 +13,8 @@
 --   deliveries are kept and resume when it is re-enabled).
 -- $1 .. $16 are parallel arrays, one element per call (src/recorder.rs,
 -- `Columns`); $17 is the worker, $18 health.disable_after in seconds.
--- Returns the (delivery, attempt) of each late result.
+-- Returns the (delivery, attempt) of each late result. Writing a batch again
+-- after it was recorded changes nothing and returns nothing.
 WITH r AS (
     SELECT *
       FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::float8[], $5::float8[],
@@ -46,21 +47,30 @@ moved AS (
        AND d.state = 'delivering'
     RETURNING d.id, d.attempts
 ),
--- Whether each result is the current attempt's (its delivery moved) or late.
+-- Whether each result is the current attempt's (its delivery moved), late,
+-- or already recorded: a batch written again because the database went away
+-- before its commit was acknowledged, although the commit took place. Only a
+-- result that did not move its delivery is looked up.
 fate AS (
     SELECT r.*, m.id IS NOT NULL AS current
       FROM r
       LEFT JOIN moved m ON m.id = r.delivery_id AND m.attempts = r.attempt
+     WHERE m.id IS NOT NULL
+        OR NOT EXISTS (SELECT 1 FROM webhooks.attempts a
+                        WHERE a.delivery_id = r.delivery_id
+                          AND a.attempt = r.attempt
+                          AND a.worker = $17
+                          AND a.outcome <> 'abandoned')
 ),
 health AS (
     SELECT h.endpoint_id, h.any_success, h.gone,
            h.gone OR coalesce(e.failing_since < now() - make_interval(secs => $18), false)
                AS disable
-      FROM (SELECT r.endpoint_id,
-                   bool_or(r.outcome = 'succeeded') AS any_success,
-                   coalesce(bool_or(r.response_status = 410), false) AS gone
-              FROM r
-             GROUP BY r.endpoint_id) h
+      FROM (SELECT f.endpoint_id,
+                   bool_or(f.outcome = 'succeeded') AS any_success,
+                   coalesce(bool_or(f.response_status = 410), false) AS gone
+              FROM fate f
+             GROUP BY f.endpoint_id) h
       JOIN webhooks.endpoints e ON e.id = h.endpoint_id
 ),
 recovered AS (

@@ -3,7 +3,9 @@
 
 mod admin;
 mod delivery;
+mod hostile;
 mod lifecycle;
+mod outages;
 mod payloads;
 mod recovery;
 mod schema;

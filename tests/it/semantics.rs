@@ -690,3 +690,72 @@ async fn an_event_whose_transaction_did_not_notify_is_still_delivered() {
     assert_eq!(what(&got[1]).1, "1");
     worker.stop().await;
 }
+
+const RECORD: &str = include_str!("../../sql/worker/record_attempts.sql");
+
+/// Records worker `worker`'s successful call `(delivery, attempt)` to
+/// `endpoint`; returns the late results the statement reports.
+async fn record_success(
+    pool: &sqlx::PgPool,
+    worker: &str,
+    endpoint: i64,
+    (delivery, attempt): (i64, i32),
+) -> usize {
+    sqlx::query(RECORD)
+        .bind(vec![delivery])
+        .bind(vec![endpoint])
+        .bind(vec![attempt])
+        .bind(vec![
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs_f64(),
+        ])
+        .bind(vec![1.0_f64])
+        .bind(vec!["http://127.0.0.1:9/hook"])
+        .bind(vec![Some("{}")])
+        .bind(vec![Some("{}")])
+        .bind(vec![Some(200_i16)])
+        .bind(vec![Some("{}")])
+        .bind(vec![Some("")])
+        .bind(vec![false])
+        .bind(vec!["succeeded"])
+        .bind(vec![None::<&str>])
+        .bind(vec![None::<&str>])
+        .bind(vec![None::<f64>])
+        .bind(worker)
+        .bind(3600.0_f64)
+        .fetch_all(pool)
+        .await
+        .expect("record")
+        .len()
+}
+
+/// A batch written again (the database went away before acknowledging a
+/// commit that did take place) changes nothing: still one row per call, no
+/// result reported late.
+#[tokio::test]
+async fn recording_a_batch_twice_logs_each_call_once() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    let id = support::endpoint(&db.pool, 1, "http://127.0.0.1:9/hook", "2.0").await;
+    support::visit(&db.pool, 1, 10).await;
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let claimed = claim_ids(&mut conn, "a", 10, &[]).await;
+    assert_eq!(claimed.len(), 1);
+    drop(conn);
+
+    assert_eq!(record_success(&db.pool, "a", id, claimed[0]).await, 0);
+    assert_eq!(
+        record_success(&db.pool, "a", id, claimed[0]).await,
+        0,
+        "not late"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks.attempts")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 1);
+    // Another worker's result for the same attempt is late, and logged.
+    assert_eq!(record_success(&db.pool, "b", id, claimed[0]).await, 1);
+}
