@@ -123,10 +123,20 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// A list of durations (`retry.schedule`); a bad item is named by its
+/// position and text.
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let raw = Vec::<String>::deserialize(d)?;
     raw.iter()
-        .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
+        .enumerate()
+        .map(|(i, s)| {
+            humantime::parse_duration(s.trim()).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "item {} of the list, {s:?}, is not a duration such as 30s, 5m or 1h ({e})",
+                    i + 1
+                ))
+            })
+        })
         .collect()
 }
 
@@ -188,6 +198,19 @@ impl Settings {
                 key,
                 reason: reason.into(),
             })
+        }
+        // Checked here because the driver would take any scheme for its
+        // own. The URL itself is not repeated: it may carry a password.
+        let url = &self.database.url;
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !url.is_empty() && !postgres {
+            let scheme = url.split_once("://").map_or("none", |(scheme, _)| scheme);
+            return bad(
+                "database.url",
+                format!(
+                    "must be a postgres:// or postgresql:// URL (or empty for the embedded database); the scheme is {scheme:?}"
+                ),
+            );
         }
         if self.database.max_connections < 2 {
             return bad(
@@ -288,6 +311,38 @@ mod tests {
         let err = Settings::load(None, env(&[("CLINIC_WEBHOOKS__WORKER__LEASE", "10s")]))
             .expect_err("lease shorter than timeout");
         assert!(err.to_string().contains("worker.lease"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_item_of_the_retry_schedule_is_named_by_position() {
+        let err = Settings::load(
+            None,
+            env(&[("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "5s,banana")]),
+        )
+        .expect_err("bad schedule");
+        let message = err.to_string();
+        for part in ["retry.schedule", "item 2", "\"banana\"", "duration"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_database_url_of_another_kind_is_refused() {
+        let err = Settings::load(None, env(&[("DATABASE_URL", "mysql://u:secret@db/x")]))
+            .expect_err("mysql");
+        let message = err.to_string();
+        assert!(
+            message.contains("database.url") && message.contains("\"mysql\""),
+            "{message}"
+        );
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_environment_is_refused_by_name() {
+        let err = Settings::load(None, env(&[("CLINIC_WEBHOOKS__HTTP__TIMEUOT", "5s")]))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("timeuot"), "{err}");
     }
 
     #[test]

@@ -120,16 +120,25 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
 /// that an outage is logged once when it starts and once when it ends (with
 /// its length), not once per failed attempt of every part. A failure of work
 /// that began before the database last answered says nothing new (it waited
-/// out the outage, e.g. for a pool connection) and is not logged. Errors that
-/// are not transient are the caller's to log.
+/// out the outage, e.g. for a pool connection), and neither does one within
+/// [`SETTLE`] of an answer (a connection broken by a restart that is found
+/// out on its first use afterwards): an outage is logged once failures
+/// outlast that. Errors that are not transient are the caller's to log.
 #[derive(Debug, Default)]
 pub struct Connectivity {
     state: Mutex<ConnectivityState>,
 }
 
+/// How long after the database last answered a failure is not yet taken
+/// for an outage.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Default)]
 struct ConnectivityState {
-    down_since: Option<Instant>,
+    /// The first failure since the database last answered.
+    failing_since: Option<Instant>,
+    /// Whether the outage was logged (and its end must be).
+    logged: bool,
     last_ok: Option<Instant>,
 }
 
@@ -142,12 +151,19 @@ impl Connectivity {
     /// that began at `began`.
     pub fn failed(&self, what: &str, err: &sqlx::Error, began: Instant) {
         let mut state = self.state();
+        let now = Instant::now();
         let stale = state.last_ok.is_some_and(|ok| began < ok);
-        if state.down_since.is_some() || stale {
-            tracing::debug!(error = %err, what, "the database is still unreachable");
+        if !stale {
+            state.failing_since.get_or_insert(now);
+        }
+        let settling = state
+            .last_ok
+            .is_some_and(|ok| now.duration_since(ok) < SETTLE);
+        if state.logged || stale || settling {
+            tracing::debug!(error = %err, what, "a database call failed");
             return;
         }
-        state.down_since = Some(Instant::now());
+        state.logged = true;
         let cause = match err {
             sqlx::Error::PoolTimedOut => {
                 "no connection could be opened within 10s (refused or unreachable)".to_owned()
@@ -162,8 +178,10 @@ impl Connectivity {
     pub fn ok(&self) {
         let mut state = self.state();
         state.last_ok = Some(Instant::now());
-        if let Some(since) = state.down_since.take() {
-            tracing::info!(outage = ?since.elapsed(), "the database is reachable again");
+        let since = state.failing_since.take();
+        if std::mem::take(&mut state.logged) {
+            let outage = since.map(|t| t.elapsed()).unwrap_or_default();
+            tracing::info!(?outage, "the database is reachable again");
         }
     }
 }

@@ -104,6 +104,11 @@ impl BenchDb {
         Ok(())
     }
 
+    /// The server's TCP port (to tell the worker's database connections apart).
+    pub fn port(&self) -> u16 {
+        self.pool.connect_options().get_port()
+    }
+
     /// A new connection of its own (an app client).
     pub async fn client(&self) -> Result<PgConnection> {
         Ok(PgConnection::connect(&self.url).await?)

@@ -14,6 +14,9 @@
 //! * `scaleout`: the throughput workload with one `clinic-webhooks run`
 //!   process, then two; duplicates counted at the receiver.
 //! * `memory`: the worker process's RSS over a burst and a steady run.
+//! * `soak` (only when asked for by `--only soak`): 200 inserts/s for 10
+//!   minutes to a receiver that fails one call in ten, the worker process's
+//!   memory, descriptors and connections sampled every second.
 //!
 //! The in-process worker shares this process with the receiver and the load
 //! generators; `memory` and `scaleout` run the real binary as child processes
@@ -33,7 +36,9 @@ use std::str::FromStr;
 use anyhow::Result;
 
 pub use report::{BenchReport, Row, Target};
-pub use scenarios::{Flow, Latency, Load, MemoryRun, Plan, ScaleOut, TriggerCost};
+pub use scenarios::{
+    Flow, Latency, Load, MemoryRun, Plan, ScaleOut, SoakRun, SoakSample, TriggerCost,
+};
 
 use scenarios::Ctx;
 
@@ -48,10 +53,22 @@ pub enum Scenario {
     Fanout,
     Scaleout,
     Memory,
+    Soak,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
+        Self::Throughput,
+        Self::Latency,
+        Self::Trigger,
+        Self::Fanout,
+        Self::Scaleout,
+        Self::Memory,
+        Self::Soak,
+    ];
+
+    /// What runs when no scenario is named: all but the long soak.
+    pub const DEFAULT: [Self; 6] = [
         Self::Throughput,
         Self::Latency,
         Self::Trigger,
@@ -68,6 +85,7 @@ impl Scenario {
             Self::Fanout => "fanout",
             Self::Scaleout => "scaleout",
             Self::Memory => "memory",
+            Self::Soak => "soak",
         }
     }
 }
@@ -107,6 +125,8 @@ pub struct BenchOptions {
     pub latency_seconds: Option<f64>,
     /// Seconds of the steady part of the memory run (default 60, quick 8).
     pub steady_seconds: Option<f64>,
+    /// Seconds of the soak run's load (default 600, quick 20).
+    pub soak_seconds: Option<f64>,
     /// Run the worker as a child process in every scenario.
     pub process_workers: bool,
     /// Keep the database afterwards (to look inside); it is dropped otherwise.
@@ -142,6 +162,10 @@ impl BenchOptions {
                 .steady_seconds
                 .unwrap_or(pick(q, 60.0, 8.0))
                 .clamp(1.0, 3600.0),
+            soak_seconds: self
+                .soak_seconds
+                .unwrap_or(pick(q, 600.0, 20.0))
+                .clamp(1.0, 24.0 * 3600.0),
             max_in_flight: self.max_in_flight,
             process_workers: self.process_workers,
         }
@@ -149,7 +173,7 @@ impl BenchOptions {
 
     fn scenarios(&self) -> Vec<Scenario> {
         let mut chosen = if self.only.is_empty() {
-            Scenario::ALL.to_vec()
+            Scenario::DEFAULT.to_vec()
         } else {
             self.only.clone()
         };
@@ -291,6 +315,24 @@ async fn run_on(
                         m.peak_rss_mb, m.idle_rss_mb, m.steady_start_rss_mb, m.steady_end_rss_mb
                     );
                     report.memory.push(m);
+                    line
+                }),
+                Scenario::Soak => scenarios::soak(&ctx).await.map(|s| {
+                    let line = format!(
+                        "{tag}: {} events in {:.0} s, {} calls ({} failed); RSS {:.1} → {:.1} MB (max {:.1}), fds {:.0} → {:.0}, DB connections ≤ {}, {} not succeeded",
+                        s.events,
+                        s.seconds,
+                        s.calls,
+                        s.failed_calls,
+                        s.rss_start_mb,
+                        s.rss_end_mb,
+                        s.rss_max_mb,
+                        s.fds_start,
+                        s.fds_end,
+                        s.db_connections_max,
+                        s.not_succeeded
+                    );
+                    report.soak.push(s);
                     line
                 }),
             };

@@ -32,7 +32,8 @@ struct BenchArgs {
     /// Also write the JSON object to this file.
     #[arg(long, value_name = "FILE")]
     json_out: Option<PathBuf>,
-    /// Only these scenarios: throughput, latency, trigger, fanout, scaleout, memory.
+    /// Only these scenarios: throughput, latency, trigger, fanout, scaleout,
+    /// memory, soak (default: all but soak).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     only: Vec<bench::Scenario>,
     /// Seconds of the steady 200/s latency run (default 40).
@@ -41,6 +42,9 @@ struct BenchArgs {
     /// Seconds of the steady part of the memory run (default 60).
     #[arg(long)]
     steady_secs: Option<f64>,
+    /// Seconds of the soak run's load (default 600).
+    #[arg(long)]
+    soak_secs: Option<f64>,
     /// Run the worker as a `clinic-webhooks run` child process in every scenario.
     #[arg(long)]
     process_workers: bool,
@@ -71,6 +75,10 @@ async fn main() -> Result<()> {
             worker_binary.display()
         );
     }
+    // The worker runs in another directory: a relative path would not resolve there.
+    let worker_binary = worker_binary
+        .canonicalize()
+        .with_context(|| format!("resolving {}", worker_binary.display()))?;
     bench::init_logging();
     let report = bench::run(BenchOptions {
         database_url: args.database_url,
@@ -81,6 +89,7 @@ async fn main() -> Result<()> {
         only: args.only,
         latency_seconds: args.latency_secs,
         steady_seconds: args.steady_secs,
+        soak_seconds: args.soak_secs,
         process_workers: args.process_workers,
         keep_database: args.keep_database,
         max_in_flight: args.max_in_flight,

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Scenario;
 use crate::env::Server;
-use crate::scenarios::{Flow, Latency, MemoryRun, Plan, ScaleOut, TriggerCost};
+use crate::scenarios::{Flow, Latency, MemoryRun, Plan, ScaleOut, SoakRun, TriggerCost};
 use crate::stats;
 use crate::sys::Machine;
 use clinic_webhooks::config::Settings;
@@ -106,6 +106,7 @@ pub struct BenchReport {
     pub fanout: Vec<Flow>,
     pub scaleout: Vec<ScaleOut>,
     pub memory: Vec<MemoryRun>,
+    pub soak: Vec<SoakRun>,
     /// VmHWM of the bench process (receiver, load generators, in-process worker).
     pub bench_process_peak_rss_mb: Option<f64>,
     /// The 1-minute load average when the bench started and ended.
@@ -151,6 +152,7 @@ impl BenchReport {
             fanout: Vec::new(),
             scaleout: Vec::new(),
             memory: Vec::new(),
+            soak: Vec::new(),
             bench_process_peak_rss_mb: None,
             loadavg_start: crate::sys::loadavg(),
             loadavg_end: None,
@@ -304,6 +306,33 @@ impl BenchReport {
                 "MiB",
                 Some(AtMost(5.0)),
                 col(m, |r| r.drift_mb),
+            )
+            .worst(),
+            Row::new(
+                "soak_rss_drift_mb",
+                format!(
+                    "soak: {}/s for {} s, 1 call in 10 fails; worker RSS drift (flat)",
+                    p.latency_rate_per_s, p.soak_seconds
+                ),
+                "MiB",
+                Some(AtMost(5.0)),
+                col(&self.soak, |r| r.rss_end_mb - r.rss_start_mb),
+            )
+            .worst(),
+            Row::new(
+                "soak_fd_drift",
+                "soak: open descriptors, last tenth − second tenth (flat)".to_owned(),
+                "fds",
+                Some(AtMost(2.0)),
+                col(&self.soak, |r| r.fds_end - r.fds_start),
+            )
+            .worst(),
+            Row::new(
+                "soak_not_succeeded",
+                "soak: deliveries not succeeded after the drain".to_owned(),
+                "deliveries",
+                Some(AtMost(0.0)),
+                col(&self.soak, |r| r.not_succeeded as f64),
             )
             .worst(),
             // What explains the above.
@@ -467,6 +496,41 @@ impl BenchReport {
                 None,
                 col(m, |r| r.idle_rss_mb),
             ),
+            Row::new(
+                "soak_rss_max_mb",
+                "  soak: worker RSS, highest sample".to_owned(),
+                "MiB",
+                None,
+                col(&self.soak, |r| r.rss_max_mb),
+            ),
+            Row::new(
+                "soak_db_connections_max",
+                "  soak: worker connections to PostgreSQL, most at once".to_owned(),
+                "connections",
+                None,
+                col(&self.soak, |r| r.db_connections_max as f64),
+            ),
+            Row::new(
+                "soak_http_connections_max",
+                "  soak: worker connections to the receiver, most at once".to_owned(),
+                "connections",
+                None,
+                col(&self.soak, |r| r.http_connections_max as f64),
+            ),
+            Row::new(
+                "soak_calls",
+                "  soak: calls made (first attempts and retries)".to_owned(),
+                "calls",
+                None,
+                col(&self.soak, |r| r.calls as f64),
+            ),
+            Row::new(
+                "soak_drain_s",
+                "  soak: last insert → backlog drained".to_owned(),
+                "s",
+                None,
+                col(&self.soak, |r| r.drain_s),
+            ),
         ]
     }
 
@@ -507,6 +571,7 @@ impl BenchReport {
                 "fanout": self.fanout,
                 "scaleout": self.scaleout,
                 "memory": self.memory,
+                "soak": self.soak,
             }),
         );
         top.insert("machine".to_owned(), json!(self.machine));

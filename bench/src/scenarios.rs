@@ -33,6 +33,7 @@ pub struct Plan {
     pub fanout_endpoints: i64,
     pub scaleout_events: i64,
     pub memory_steady_seconds: f64,
+    pub soak_seconds: f64,
     /// webhooks.endpoints.max_in_flight of every bench endpoint.
     pub max_in_flight: i32,
     /// Scenarios a–e run the worker as a child process instead of in-process.
@@ -688,4 +689,184 @@ async fn sample_rss(pid: u32, born: Instant, stop: CancellationToken) -> Vec<(f6
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
+}
+
+/// One sample of the soak run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakSample {
+    /// Seconds since the load started.
+    pub t_s: f64,
+    pub rss_mb: f64,
+    pub fds: usize,
+    /// The worker's TCP connections to PostgreSQL and to the receiver.
+    pub db_connections: usize,
+    pub http_connections: usize,
+    /// Deliveries pending or delivering.
+    pub unfinished: i64,
+}
+
+/// (h) Soak: single-row inserts at a steady rate for a long time, to a
+/// receiver that fails one call in ten (500), with a short retry schedule so
+/// that retries run alongside first attempts; the worker process's memory,
+/// descriptors and connections sampled every second.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakRun {
+    pub seconds: f64,
+    pub rate_per_s: f64,
+    pub events: usize,
+    pub calls: usize,
+    pub failed_calls: usize,
+    /// Deliveries not succeeded once the backlog drained (must be 0).
+    pub not_succeeded: i64,
+    pub drain_s: f64,
+    /// Means over the second tenth of the load (the first warms up: the
+    /// pool opens its connections as work comes) and over the last tenth.
+    pub rss_start_mb: f64,
+    pub rss_end_mb: f64,
+    pub rss_max_mb: f64,
+    pub fds_start: f64,
+    pub fds_end: f64,
+    pub fds_max: usize,
+    pub db_connections_max: usize,
+    pub http_connections_max: usize,
+    pub samples: Vec<SoakSample>,
+}
+
+/// The retry schedule of the soak run.
+const SOAK_RETRY_SCHEDULE: &str = "1s,2s,5s,10s";
+/// Every this many calls to the soak receiver, one gets a 500.
+const SOAK_FAIL_ONE_IN: usize = 10;
+
+pub async fn soak(ctx: &Ctx<'_>) -> Result<SoakRun> {
+    ctx.db.reset().await?;
+    let receiver = Receiver::start(std::sync::Arc::new(|_, before| {
+        if before % SOAK_FAIL_ONE_IN == SOAK_FAIL_ONE_IN - 1 {
+            clinic_webhooks_test_support::Reply::status(500)
+        } else {
+            clinic_webhooks_test_support::Reply::status(200)
+        }
+    }))
+    .await?;
+    ctx.db
+        .endpoints(&receiver, 1, ctx.plan.max_in_flight)
+        .await?;
+    ctx.db.wait_listeners(0, Duration::from_secs(30)).await?;
+    let worker = Worker::process_with(
+        ctx.binary,
+        &ctx.db.url,
+        "bench-soak",
+        &[("CLINIC_WEBHOOKS__RETRY__SCHEDULE", SOAK_RETRY_SCHEDULE)],
+    )?;
+    let running = vec![worker];
+    let result = async {
+        ctx.db.wait_listeners(1, Duration::from_secs(60)).await?;
+        let pid = running
+            .first()
+            .and_then(Worker::pid)
+            .context("no worker process")?;
+        let receiver_port = receiver
+            .url("")
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .context("the receiver's port")?;
+        let db_port = ctx.db.port();
+        let rate = ctx.plan.latency_rate_per_s;
+        let seconds = ctx.plan.soak_seconds;
+        let n = (rate * seconds).round().max(1.0) as usize;
+
+        let stop = CancellationToken::new();
+        let sampler = {
+            let (stop, pool) = (stop.clone(), ctx.db.pool.clone());
+            tokio::spawn(async move {
+                let born = Instant::now();
+                let mut samples = Vec::new();
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return samples,
+                        _ = tick.tick() => {}
+                    }
+                    let (Ok(memory), Ok(handles)) =
+                        (sys::memory(Some(pid)), sys::handles(pid, &[db_port, receiver_port]))
+                    else {
+                        return samples;
+                    };
+                    let unfinished: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM webhooks.deliveries WHERE state IN ('pending', 'delivering')",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(-1);
+                    samples.push(SoakSample {
+                        t_s: born.elapsed().as_secs_f64(),
+                        rss_mb: memory.rss_mb,
+                        fds: handles.fds,
+                        db_connections: handles.tcp_to[0].1,
+                        http_connections: handles.tcp_to[1].1,
+                        unfinished,
+                    });
+                }
+            })
+        };
+        let mut client = ctx.db.client().await?;
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let started = Instant::now();
+        for _ in 0..n {
+            tick.tick().await;
+            sqlx::query(INSERT_ONE_VISIT)
+                .bind(CLINIC_ID)
+                .bind(MEMBER_ID)
+                .execute(&mut client)
+                .await?;
+        }
+        let load_s = started.elapsed().as_secs_f64();
+        client.close().await.ok();
+        let drained = Instant::now();
+        let deadline = drained + Duration::from_secs(120);
+        while ctx.db.unfinished().await? > 0 {
+            if Instant::now() >= deadline {
+                bail!("the backlog did not drain within 120 s of the last insert");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let drain_s = drained.elapsed().as_secs_f64();
+        stop.cancel();
+        let samples = sampler.await.context("the soak sampler panicked")?;
+        let tally = ctx.db.tally().await?;
+        let requests = receiver.requests();
+        let failed_calls = requests.len() / SOAK_FAIL_ONE_IN;
+        let tenth = load_s / 10.0;
+        let window = |lo: f64, hi: f64, f: &dyn Fn(&SoakSample) -> f64| {
+            let v: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.t_s >= lo && s.t_s <= hi)
+                .map(f)
+                .collect();
+            stats::mean(&v).unwrap_or(f64::NAN)
+        };
+        let rss = |s: &SoakSample| s.rss_mb;
+        let fds = |s: &SoakSample| s.fds as f64;
+        Ok(SoakRun {
+            seconds: load_s,
+            rate_per_s: rate,
+            events: n,
+            calls: requests.len(),
+            failed_calls,
+            not_succeeded: tally.deliveries - tally.succeeded,
+            drain_s,
+            rss_start_mb: window(tenth, 2.0 * tenth, &rss),
+            rss_end_mb: window(load_s - tenth, load_s, &rss),
+            rss_max_mb: samples.iter().map(|s| s.rss_mb).fold(0.0, f64::max),
+            fds_start: window(tenth, 2.0 * tenth, &fds),
+            fds_end: window(load_s - tenth, load_s, &fds),
+            fds_max: samples.iter().map(|s| s.fds).max().unwrap_or(0),
+            db_connections_max: samples.iter().map(|s| s.db_connections).max().unwrap_or(0),
+            http_connections_max: samples.iter().map(|s| s.http_connections).max().unwrap_or(0),
+            samples,
+        })
+    }
+    .await;
+    finish(running, result).await
 }

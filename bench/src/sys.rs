@@ -127,6 +127,58 @@ impl CpuMeter {
     }
 }
 
+/// A process's open file descriptors and its TCP connections by remote port.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Handles {
+    pub fds: usize,
+    /// Established TCP connections to `port`, for each port asked about.
+    pub tcp_to: Vec<(u16, usize)>,
+}
+
+/// Counts the open descriptors of `pid` and, of its sockets, the TCP
+/// connections whose remote port is one of `ports` (matched by inode in
+/// /proc/net/tcp and tcp6).
+pub fn handles(pid: u32, ports: &[u16]) -> Result<Handles> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut fds = 0;
+    let mut sockets = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(entry) = entry else { continue };
+        fds += 1;
+        if let Ok(target) = std::fs::read_link(entry.path())
+            && let Some(inode) = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+        {
+            sockets.insert(inode.to_owned());
+        }
+    }
+    let mut tcp_to: Vec<(u16, usize)> = ports.iter().map(|&p| (p, 0)).collect();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local_address rem_address st ... inode (column 9); 01 = ESTABLISHED.
+            let (Some(remote), Some(state), Some(inode)) = (cols.get(2), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            if *state != "01" || !sockets.contains(*inode) {
+                continue;
+            }
+            let port = remote
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let Some(slot) = tcp_to.iter_mut().find(|(p, _)| Some(*p) == port) {
+                slot.1 += 1;
+            }
+        }
+    }
+    Ok(Handles { fds, tcp_to })
+}
+
 /// The 1-minute load average (other work on the machine skews a run).
 pub fn loadavg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -183,6 +235,12 @@ mod tests {
         let _ = process_ticks(None)?;
         let (busy, total) = machine_ticks()?;
         assert!(busy <= total);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        let h = handles(std::process::id(), &[port])?;
+        assert!(h.fds >= 3, "{h:?}");
+        assert_eq!(h.tcp_to, [(port, 1)], "{h:?}");
         Ok(())
     }
 }

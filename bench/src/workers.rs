@@ -87,6 +87,17 @@ impl Worker {
     /// `<binary> run` against the bench database. Its log (warnings only)
     /// goes to our stderr, so that stdout stays one table or JSON object.
     pub fn process(binary: &Path, url: &str, name: &str) -> Result<Self> {
+        Self::process_with(binary, url, name, &[])
+    }
+
+    /// The same, with settings of the scenario's own (`CLINIC_WEBHOOKS__*`
+    /// pairs, which win over the inherited ones).
+    pub fn process_with(
+        binary: &Path,
+        url: &str,
+        name: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<Self> {
         let log = std::io::stderr()
             .as_fd()
             .try_clone_to_owned()
@@ -100,6 +111,7 @@ impl Worker {
                 ("CLINIC_WEBHOOKS__LOG__LEVEL", "warn"),
             ],
         );
+        command.envs(settings.iter().copied());
         let child = command
             .stdout(Stdio::from(log))
             .spawn()

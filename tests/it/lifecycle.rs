@@ -101,3 +101,74 @@ async fn the_embedded_default_needs_no_database_configuration() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("endpoint"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Bad configuration stops `run` at once, with a message that names the key
+/// or the problem: no hang, no panic, exit status 1.
+#[tokio::test]
+async fn bad_configuration_stops_run_quickly_with_a_clear_message() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let unreachable = format!("postgres://postgres@127.0.0.1:{closed_port}/postgres");
+    let target = format!("127.0.0.1:{closed_port}");
+    let db = TestDb::new().await;
+    // (the environment, what the message must say)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("CLINIC_WEBHOOKS__RETRY__SCHEDULE", "5s,banana")],
+            vec!["retry.schedule", "item 2", "\"banana\"", "not a duration"],
+        ),
+        (
+            vec![("CLINIC_WEBHOOKS__HTTP__TIMEUOT", "5s")],
+            vec!["unknown field", "timeuot"],
+        ),
+        (
+            vec![("CLINIC_WEBHOOKS__HTTP__TIMEOUT", "soon")],
+            vec!["http.timeout"],
+        ),
+        (
+            vec![("CLINIC_WEBHOOKS__WORKER__CONCURRENCY", "-3")],
+            vec!["worker.concurrency"],
+        ),
+        (
+            vec![
+                ("DATABASE_URL", unreachable.as_str()),
+                ("CLINIC_WEBHOOKS__DATABASE__URL", unreachable.as_str()),
+            ],
+            vec!["connection refused", &target],
+        ),
+        (
+            vec![
+                ("DATABASE_URL", "postgres://"),
+                ("CLINIC_WEBHOOKS__DATABASE__URL", "mysql://db/x"),
+            ],
+            vec!["database.url", "\"mysql\""],
+        ),
+    ];
+    for (env, expected) in cases {
+        let started = std::time::Instant::now();
+        let mut command = clinic_webhooks_test_support::worker_command(
+            std::path::Path::new(env!("CARGO_BIN_EXE_clinic-webhooks")),
+            &db.url,
+            &env,
+        );
+        command.env_remove("RUST_BACKTRACE");
+        let out = tokio::task::spawn_blocking(move || command.output().expect("run"))
+            .await
+            .expect("join");
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {stderr}");
+        assert!(took < Duration::from_secs(5), "{env:?} took {took:?}");
+        assert!(!stderr.contains("panicked"), "{env:?}: {stderr}");
+        for part in expected {
+            assert!(
+                stderr.to_lowercase().contains(&part.to_lowercase()),
+                "{env:?}: {part:?} not in {stderr}"
+            );
+        }
+    }
+}

@@ -207,3 +207,90 @@ async fn user_created_matches_the_contract() {
     );
     s.worker.stop().await;
 }
+
+/// Text the app wrote arrives intact, whatever it holds: emoji,
+/// right-to-left script, quotes, backslashes, control characters (every one
+/// PostgreSQL text can hold; it cannot hold NUL), in the clinic's code and in
+/// a visit status's name; ids and amounts at the bigint limit; NULLs as
+/// `null`. The bodies are valid JSON, and the signature covers them.
+#[tokio::test]
+async fn odd_text_extreme_ids_and_nulls_arrive_intact_as_valid_json() {
+    const MAX: i64 = i64::MAX;
+    let code = "клиника 🚑 \"quoted\" \\back\\slash\\ שלום مرحبا \u{1}\u{8}\u{c}\t\r\n\u{1f}\u{7f} \u{2028}\u{2029} end";
+    let status = "in \"progress\" \\ ⏳ \u{1}";
+    let db = TestDb::new().await;
+    let receiver = Receiver::ok().await.expect("receiver");
+    support::clinic(&db.pool, MAX, code).await;
+    support::user(&db.pool, MAX, MAX, "patient", "signup").await;
+    let v1 = support::endpoint(&db.pool, MAX, &receiver.url("/v1"), "1.0").await;
+    let v2 = support::endpoint(&db.pool, MAX, &receiver.url("/v2"), "2.0").await;
+    sqlx::query("INSERT INTO clinic.visit_statuses (code, name) VALUES (32767, $1)")
+        .bind(status)
+        .execute(&db.pool)
+        .await
+        .expect("status");
+    let worker = InProcessWorker::start(&db, support::settings(&[]));
+    sqlx::query(
+        "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at, status)
+         VALUES ($1, $1, $1, to_timestamp(0), to_timestamp(253402300799), 32767)",
+    )
+    .bind(MAX)
+    .execute(&db.pool)
+    .await
+    .expect("visit");
+    sqlx::query(
+        "INSERT INTO clinic.invoices (id, visit_id, status, amount_due, amount_paid, currency)
+         VALUES ($1, $1, 'pending', $1, 0, 'EUR')",
+    )
+    .bind(MAX)
+    .execute(&db.pool)
+    .await
+    .expect("invoice");
+
+    let all = receiver
+        .wait_until(Duration::from_secs(15), |r| r.len() >= 4)
+        .await;
+    assert_eq!(
+        all.len(),
+        4,
+        "visit.created and visit.invoice.processed, twice"
+    );
+    let secrets: Vec<(i64, String)> = sqlx::query_as("SELECT id, secret FROM webhooks.endpoints")
+        .fetch_all(&db.pool)
+        .await
+        .expect("secrets");
+    for r in &all {
+        let body: serde_json::Value = serde_json::from_slice(&r.body).expect("valid JSON");
+        let endpoint = if r.path == "/v1" { v1 } else { v2 };
+        let secret = &secrets
+            .iter()
+            .find(|(id, _)| *id == endpoint)
+            .expect("secret")
+            .1;
+        support::verify_signature(r, secret);
+        let data = &body["data"];
+        assert_eq!(data["id"], MAX.to_string(), "{body}");
+        assert_eq!(data["member_id"], MAX.to_string(), "{body}");
+        assert_eq!(data["provider_id"], serde_json::Value::Null, "{body}");
+        assert_eq!(data["actual_start"], serde_json::Value::Null, "{body}");
+        if r.path == "/v1" {
+            assert_eq!(body["account_code"], code, "{body}");
+            assert_eq!(data["status"], "32767", "{body}");
+            assert_eq!(data["end"], "253402300799", "{body}");
+        } else {
+            assert_eq!(body["clinic_code"], code, "{body}");
+            assert_eq!(data["status"], status, "{body}");
+            assert_eq!(data["end"], 253402300799_i64, "{body}");
+        }
+        if body["type"] == "visit.invoice.processed" {
+            let invoice = &data["invoice"];
+            assert_eq!(invoice["id"], MAX.to_string(), "{body}");
+            if r.path == "/v1" {
+                assert_eq!(invoice["amount_due"], MAX.to_string(), "{body}");
+            } else {
+                assert_eq!(invoice["amount_due"], MAX, "{body}");
+            }
+        }
+    }
+    worker.stop().await;
+}
