@@ -67,15 +67,10 @@ impl Scenario {
         Self::Soak,
     ];
 
-    /// What runs when no scenario is named: all but the long soak.
-    pub const DEFAULT: [Self; 6] = [
-        Self::Throughput,
-        Self::Latency,
-        Self::Trigger,
-        Self::Fanout,
-        Self::Scaleout,
-        Self::Memory,
-    ];
+    /// Whether it runs when no scenario is named: all but the long soak.
+    pub fn runs_by_default(self) -> bool {
+        self != Self::Soak
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -173,7 +168,10 @@ impl BenchOptions {
 
     fn scenarios(&self) -> Vec<Scenario> {
         let mut chosen = if self.only.is_empty() {
-            Scenario::DEFAULT.to_vec()
+            Scenario::ALL
+                .into_iter()
+                .filter(|s| s.runs_by_default())
+                .collect()
         } else {
             self.only.clone()
         };
