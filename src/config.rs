@@ -36,6 +36,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub retry: RetrySettings,
     pub health: HealthSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
 }
 
@@ -107,6 +108,18 @@ pub struct RetrySettings {
 pub struct HealthSettings {
     #[serde(with = "humantime_serde")]
     pub disable_after: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    #[serde(with = "humantime_serde")]
+    pub keep: Duration,
+    #[serde(with = "humantime_serde")]
+    pub partition: Duration,
+    pub ahead: u32,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -250,6 +263,22 @@ impl Settings {
         }
         if self.health.disable_after.is_zero() {
             return bad("health.disable_after", "must be greater than 0");
+        }
+        let retention = &self.retention;
+        if retention.partition < Duration::from_secs(3600) {
+            return bad("retention.partition", "must be at least 1h");
+        }
+        if retention.keep < retention.partition {
+            return bad("retention.keep", "must be at least one retention.partition");
+        }
+        if !(1..=366).contains(&retention.ahead) {
+            return bad("retention.ahead", "must be 1 to 366 partitions");
+        }
+        if retention.interval.is_zero() || retention.interval > retention.partition {
+            return bad(
+                "retention.interval",
+                "must be greater than 0 and at most retention.partition, so that a partition is always made before it is needed",
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", e.to_string());

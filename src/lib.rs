@@ -20,6 +20,7 @@ pub mod db;
 pub mod decision;
 pub mod delivery;
 pub mod embedded;
+pub mod maintenance;
 pub mod payload;
 pub mod pipeline;
 pub mod presence;

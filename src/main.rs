@@ -43,6 +43,9 @@ enum Command {
     Status,
     /// Send a delivery, an event, or an endpoint's failures again.
     Redeliver(RedeliverArgs),
+    /// Run log maintenance now: create partitions ahead, drop those past
+    /// `retention.keep`; prints the report (JSON).
+    Maintenance,
 }
 
 #[derive(Args)]
@@ -101,6 +104,11 @@ async fn main() -> Result<()> {
         Command::Status => {
             let rows = admin::status(&pool).await?;
             print!("{}", admin::format_status(&rows));
+            Ok(())
+        }
+        Command::Maintenance => {
+            let report = clinic_webhooks::maintenance::run_once(&pool, &settings.retention).await?;
+            println!("{report:#}");
             Ok(())
         }
         Command::Redeliver(args) => {

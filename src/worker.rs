@@ -20,6 +20,7 @@ use crate::config::Settings;
 use crate::db::{self, Connectivity, is_transient};
 use crate::decision::RetryPolicy;
 use crate::delivery::{ClientError, Sender};
+use crate::maintenance;
 use crate::pipeline::Pipeline;
 use crate::presence::Presence;
 use crate::queue::{self, Claimer, Job, QueueError};
@@ -83,8 +84,9 @@ pub async fn run(
         RecorderConfig {
             worker: name.clone(),
             batch: settings.worker.record_batch,
-            // The main pool's other user is the recovery loop, one
-            // connection now and then. (Claims and presence have their own.)
+            // The main pool's other users are the recovery loop and log
+            // maintenance, a connection now and then each. (Claims and
+            // presence have pools of their own.)
             writers: (settings.database.max_connections as usize)
                 .saturating_sub(1)
                 .clamp(1, 4),
@@ -98,6 +100,11 @@ pub async fn run(
         name.clone(),
         wake.clone(),
         connectivity.clone(),
+        background.clone(),
+    ));
+    let maintenance = tokio::spawn(maintenance::schedule(
+        pool.clone(),
+        settings.retention.clone(),
         background.clone(),
     ));
 
@@ -159,6 +166,7 @@ pub async fn run(
     }
     background.cancel();
     let _ = recovery.await;
+    let _ = maintenance.await;
     // Every Recorder handle is gone with the worker; wait for the last writes.
     if tokio::time::timeout(Duration::from_secs(10), recorder_task)
         .await

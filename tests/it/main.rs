@@ -9,6 +9,7 @@ mod lifecycle;
 mod outages;
 mod payloads;
 mod recovery;
+mod retention;
 mod schema;
 mod semantics;
 mod support;

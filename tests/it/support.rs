@@ -122,14 +122,22 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A fresh database with every migration applied.
     pub async fn new() -> Self {
         let template = template().await;
+        Self::create(&format!("TEMPLATE {template}")).await
+    }
+
+    /// A fresh database with nothing in it (no migration applied).
+    pub async fn empty() -> Self {
+        Self::create("").await
+    }
+
+    async fn create(options: &str) -> Self {
         let name = format!("cw_test_{}_{:08x}", unix_now(), fastrand::u32(..));
         let mut admin = PgConnection::connect(&admin_url()).await.expect("connect");
         admin
-            .execute(AssertSqlSafe(format!(
-                "CREATE DATABASE {name} TEMPLATE {template}"
-            )))
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name} {options}")))
             .await
             .expect("create test database");
         let url = url_for(&name);

@@ -1,0 +1,68 @@
+//! Partition maintenance and retention of the attempt log: every
+//! `retention.interval` each worker calls `webhooks.run_maintenance`, which
+//! does the work in exactly one of them at a time (an advisory lock; the
+//! others return at once) and reports what it created and dropped.
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RetentionSettings;
+
+/// Runs maintenance once; returns the database's report.
+pub async fn run_once(pool: &PgPool, retention: &RetentionSettings) -> Result<Value, sqlx::Error> {
+    let ahead = i32::try_from(retention.ahead).unwrap_or(i32::MAX);
+    sqlx::query_file_scalar!(
+        "sql/worker/run_maintenance.sql",
+        retention.keep.as_secs_f64(),
+        retention.partition.as_secs_f64(),
+        ahead
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Logs a report: what was dropped and created at info, the default
+/// partition's rows as a warning, nothing when there was nothing to do.
+pub fn log_report(report: &Value) {
+    if report["ran"] != Value::Bool(true) {
+        tracing::debug!(%report, "maintenance ran elsewhere");
+        return;
+    }
+    let dropped = report["dropped"].as_array().map_or(0, Vec::len);
+    let created = report["created"].as_array().map_or(0, Vec::len);
+    if dropped > 0 || created > 0 {
+        tracing::info!(
+            dropped = %report["dropped"],
+            dropped_rows_estimate = %report["dropped_rows_estimate"],
+            created = %report["created"],
+            keep = %report["keep"],
+            "log maintenance: partitions past retention dropped, partitions ahead created"
+        );
+    }
+    let stray = report["rows_in_default"].as_i64().unwrap_or(0);
+    if stray > 0 {
+        tracing::warn!(
+            rows = stray,
+            "attempts are in webhooks.attempts_default: no partition covered their time; \
+             maintenance moves them into their partition once it exists"
+        );
+    }
+}
+
+/// Runs maintenance at once and then every `retention.interval` until `stop`.
+pub async fn schedule(pool: PgPool, retention: RetentionSettings, stop: CancellationToken) {
+    loop {
+        match run_once(&pool, &retention).await {
+            Ok(report) => log_report(&report),
+            // The database's own outage logging covers a lost connection;
+            // this names what did not get done.
+            Err(err) => tracing::warn!(error = %err, retry_in = ?retention.interval,
+                "log maintenance failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(retention.interval) => {}
+        }
+    }
+}

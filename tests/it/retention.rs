@@ -1,0 +1,249 @@
+//! Retention of the attempt log by whole time partitions: maintenance makes
+//! partitions ahead, drops those wholly past `retention.keep` (and nothing
+//! else: deliveries and events stay), catches rows that found no partition,
+//! runs in one caller at a time, and the migration converts a log that has
+//! history under the unpartitioned schema without losing a row.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::support::{self, TestDb};
+
+/// The first migration of the partitioned log.
+const PARTITIONED_LOG: i64 = 20261203000011;
+
+async fn maintenance(pool: &PgPool, now_plus_days: i32) -> Value {
+    sqlx::query_scalar(
+        "SELECT webhooks.run_maintenance('30 days', p_now => now() + make_interval(days => $1))",
+    )
+    .bind(now_plus_days)
+    .fetch_one(pool)
+    .await
+    .expect("run_maintenance")
+}
+
+/// Appends a call to the log of `delivery`, started `days` from now.
+async fn attempt_at(pool: &PgPool, delivery: i64, endpoint: i64, days: i32) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, url,
+                                        request_headers, request_body, response_status, outcome)
+         VALUES ($1, $2, 1, now() + make_interval(days => $3), 'https://receiver.example/hook',
+                 '{\"content-type\": \"application/json\"}', '{}', 200, 'succeeded')
+         RETURNING id",
+    )
+    .bind(delivery)
+    .bind(endpoint)
+    .bind(days)
+    .fetch_one(pool)
+    .await
+    .expect("insert attempt")
+}
+
+async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+fn names(report: &Value, key: &str) -> Vec<String> {
+    report[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} in {report}"))
+        .iter()
+        .map(|v| v.as_str().expect("name").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn maintenance_drops_whole_expired_partitions_and_nothing_that_is_still_live() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    let endpoint = support::endpoint(&db.pool, 1, "https://receiver.example/hook", "2.0").await;
+    support::visit(&db.pool, 1, 10).await;
+    // Disabled: its delivery stays pending, as for an endpoint off for a month.
+    sqlx::query("UPDATE webhooks.endpoints SET enabled = false WHERE id = $1")
+        .bind(endpoint)
+        .execute(&db.pool)
+        .await
+        .expect("disable");
+    let delivery = scalar(&db.pool, "SELECT id FROM webhooks.deliveries").await;
+
+    // The migration made the partitions of the next days already.
+    let ahead = scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.attempt_partitions WHERE range_end > now() + interval '7 days'",
+    )
+    .await;
+    assert!(ahead >= 1, "partitions are made ahead");
+    let today = attempt_at(&db.pool, delivery, endpoint, 0).await;
+    let in_two_days = attempt_at(&db.pool, delivery, endpoint, 2).await;
+    let in_five_days = attempt_at(&db.pool, delivery, endpoint, 5).await;
+    assert!(today < in_two_days && in_two_days < in_five_days);
+
+    // 33 days on, with 30 days kept: everything before day 3 is past retention.
+    let report = maintenance(&db.pool, 33).await;
+    assert_eq!(report["ran"], true, "{report}");
+    let dropped = names(&report, "dropped");
+    assert!(dropped.iter().any(|n| n == "attempts_legacy"), "{report}");
+    assert!(!names(&report, "created").is_empty(), "{report}");
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM webhooks.attempts ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("left");
+    assert_eq!(
+        left,
+        [in_five_days],
+        "whole partitions past retention went, the rest stayed"
+    );
+    // No partition is older than the cutoff, and there are partitions ahead of "now".
+    let stale = scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.attempt_partitions WHERE range_end <= now() + interval '3 days'",
+    )
+    .await;
+    assert_eq!(stale, 0);
+    // The delivery that is still pending and its event are untouched.
+    let (state, has_event): (String, bool) = sqlx::query_as(
+        "SELECT d.state::text, EXISTS (SELECT 1 FROM webhooks.events e WHERE e.id = d.event_id)
+           FROM webhooks.deliveries d",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("delivery");
+    assert_eq!((state.as_str(), has_event), ("pending", true));
+
+    // Again at the same time: nothing left to do.
+    let again = maintenance(&db.pool, 33).await;
+    assert!(names(&again, "dropped").is_empty(), "{again}");
+    assert!(names(&again, "created").is_empty(), "{again}");
+}
+
+#[tokio::test]
+async fn a_call_with_no_partition_lands_in_the_default_one_and_moves_into_its_own() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    let endpoint = support::endpoint(&db.pool, 1, "https://receiver.example/hook", "2.0").await;
+    let far = attempt_at(&db.pool, 1, endpoint, 100).await;
+    let partition: String =
+        sqlx::query_scalar("SELECT tableoid::regclass::text FROM webhooks.attempts WHERE id = $1")
+            .bind(far)
+            .fetch_one(&db.pool)
+            .await
+            .expect("where");
+    assert_eq!(partition, "webhooks.attempts_default");
+    let report = maintenance(&db.pool, 0).await;
+    assert_eq!(report["rows_in_default"], 1, "{report}");
+
+    // Maintenance 95 days on makes the partition of day 100: the row moves in.
+    let report = maintenance(&db.pool, 95).await;
+    assert_eq!(report["rows_in_default"], 0, "{report}");
+    let partition: String =
+        sqlx::query_scalar("SELECT tableoid::regclass::text FROM webhooks.attempts WHERE id = $1")
+            .bind(far)
+            .fetch_one(&db.pool)
+            .await
+            .expect("where");
+    assert_ne!(partition, "webhooks.attempts_default");
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM webhooks.attempts").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn one_maintenance_runs_at_a_time_and_the_cli_runs_it() {
+    let db = TestDb::new().await;
+    let mut first = db.pool.begin().await.expect("begin");
+    let held: Value = sqlx::query_scalar("SELECT webhooks.run_maintenance()")
+        .fetch_one(&mut *first)
+        .await
+        .expect("first");
+    assert_eq!(held["ran"], true);
+    // While the first run's transaction is open, a second returns at once.
+    let second = maintenance(&db.pool, 0).await;
+    assert_eq!(second["ran"], false, "{second}");
+    first.commit().await.expect("commit");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clinic-webhooks"))
+        .arg("maintenance")
+        .env_remove("CLINIC_WEBHOOKS_CONFIG")
+        .env("DATABASE_URL", &db.url)
+        .env("CLINIC_WEBHOOKS__DATABASE__URL", &db.url)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("clinic-webhooks maintenance");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("the report is JSON");
+    assert_eq!(report["ran"], true, "{report}");
+    assert_eq!(report["keep"], "30 days", "retention.keep's default");
+}
+
+/// A database with history in the unpartitioned log of the earlier
+/// migrations: the migration keeps every row (attached as they are), the
+/// log views show them, and new calls get new ids.
+#[tokio::test]
+async fn an_unpartitioned_log_with_history_converts_without_losing_a_row() {
+    let db = TestDb::empty().await;
+    let mut before = clinic_webhooks::db::migrator();
+    before.migrations = Cow::Owned(
+        before
+            .migrations
+            .iter()
+            .filter(|m| m.version < PARTITIONED_LOG)
+            .cloned()
+            .collect(),
+    );
+    before.run(&db.pool).await.expect("the earlier migrations");
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM pg_partitioned_table WHERE partrelid = 'webhooks.attempts'::regclass"
+        )
+        .await,
+        0,
+        "the log starts unpartitioned"
+    );
+    support::clinic_with_patient(&db.pool).await;
+    let endpoint = support::endpoint(&db.pool, 1, "https://receiver.example/hook", "2.0").await;
+    support::visits(&db.pool, 1, 10, 50).await;
+    sqlx::query(
+        "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, url,
+                                        request_headers, request_body, response_status, outcome)
+         SELECT d.id, d.endpoint_id, g, now() - make_interval(days => g * 3), 'https://receiver.example/hook',
+                '{}', '{}', 200, 'succeeded'
+           FROM webhooks.deliveries d CROSS JOIN generate_series(1, 4) g",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("history");
+    let fingerprint = "SELECT count(*)::bigint * 1000000 + sum(id)::bigint FROM webhooks.attempts";
+    let had = scalar(&db.pool, fingerprint).await;
+    let logged = scalar(&db.pool, "SELECT count(*) FROM webhooks.delivery_log").await;
+    assert_eq!(logged, 200);
+    let max_id = scalar(&db.pool, "SELECT max(id) FROM webhooks.attempts").await;
+
+    clinic_webhooks::db::migrate(&db.pool)
+        .await
+        .expect("migrate");
+    assert_eq!(scalar(&db.pool, fingerprint).await, had, "every row kept");
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM webhooks.delivery_log").await,
+        logged
+    );
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM webhooks.attempts WHERE tableoid = 'webhooks.attempts_legacy'::regclass"
+        )
+        .await,
+        200,
+        "attached as they were, not copied"
+    );
+    let next = attempt_at(&db.pool, 1, endpoint, 0).await;
+    assert!(next > max_id, "{next} > {max_id}");
+}
