@@ -4,6 +4,7 @@
 //! handler finishes only after its result is durable, so a crash can repeat a
 //! call (at-least-once) but never lose one.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::PgPool;
@@ -186,7 +187,8 @@ impl Writer {
         }
     }
 
-    /// One statement for the whole batch; returns the (delivery, attempt) of
+    /// One statement for the whole batch, and a second for the results
+    /// that moved nothing, if any; returns the (delivery, attempt) of the
     /// results that came after their delivery was taken back.
     async fn write(&self, batch: &[Pending]) -> Result<Vec<(i64, i32)>, sqlx::Error> {
         let mut c = Columns::default();
@@ -195,7 +197,7 @@ impl Writer {
         }
         // Checked against the SQL at compile time: the number, order and types
         // of its parameters (`as &[Option<_>]`: those arrays may hold NULLs).
-        let late = sqlx::query_file!(
+        let unmoved = sqlx::query_file!(
             "sql/worker/record_attempts.sql",
             &c.delivery_id,
             &c.endpoint_id,
@@ -215,6 +217,41 @@ impl Writer {
             &c.retry_in_s as &[Option<f64>],
             &self.config.worker,
             self.config.disable_after.as_secs_f64(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if unmoved.is_empty() {
+            return Ok(Vec::new());
+        }
+        let unmoved: HashSet<(i64, i32)> = unmoved
+            .into_iter()
+            .map(|r| (r.delivery_id, r.attempt))
+            .collect();
+        let mut c = Columns::default();
+        for (r, _) in batch {
+            if unmoved.contains(&(r.delivery_id, r.attempt)) {
+                c.push(r);
+            }
+        }
+        let late = sqlx::query_file!(
+            "sql/worker/record_late_attempts.sql",
+            &c.delivery_id,
+            &c.endpoint_id,
+            &c.attempt,
+            &c.started_at,
+            &c.duration_ms,
+            &c.url,
+            &c.request_headers as &[Option<String>],
+            &c.request_body as &[Option<String>],
+            &c.response_status as &[Option<i16>],
+            &c.response_headers as &[Option<String>],
+            &c.response_body as &[Option<String>],
+            &c.response_truncated,
+            &c.outcome as &[&str],
+            &c.error_kind as &[Option<&str>],
+            &c.error as &[Option<String>],
+            &c.retry_in_s as &[Option<f64>],
+            &self.config.worker,
         )
         .fetch_all(&self.pool)
         .await?;

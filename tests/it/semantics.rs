@@ -692,42 +692,54 @@ async fn an_event_whose_transaction_did_not_notify_is_still_delivered() {
 }
 
 const RECORD: &str = include_str!("../../sql/worker/record_attempts.sql");
+const RECORD_LATE: &str = include_str!("../../sql/worker/record_late_attempts.sql");
 
 /// Records worker `worker`'s successful call `(delivery, attempt)` to
-/// `endpoint`; returns the late results the statement reports.
+/// `endpoint` as the recorder does: the batch statement, then the one for
+/// results that moved nothing. Returns how many results it reports late.
 async fn record_success(
     pool: &sqlx::PgPool,
     worker: &str,
     endpoint: i64,
     (delivery, attempt): (i64, i32),
 ) -> usize {
-    sqlx::query(RECORD)
-        .bind(vec![delivery])
-        .bind(vec![endpoint])
-        .bind(vec![attempt])
-        .bind(vec![
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_secs_f64(),
-        ])
-        .bind(vec![1.0_f64])
-        .bind(vec!["http://127.0.0.1:9/hook"])
-        .bind(vec![Some("{}")])
-        .bind(vec![Some("{}")])
-        .bind(vec![Some(200_i16)])
-        .bind(vec![Some("{}")])
-        .bind(vec![Some("")])
-        .bind(vec![false])
-        .bind(vec!["succeeded"])
-        .bind(vec![None::<&str>])
-        .bind(vec![None::<&str>])
-        .bind(vec![None::<f64>])
-        .bind(worker)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let bind = |sql: &'static str| {
+        sqlx::query(sql)
+            .bind(vec![delivery])
+            .bind(vec![endpoint])
+            .bind(vec![attempt])
+            .bind(vec![now])
+            .bind(vec![1.0_f64])
+            .bind(vec!["http://127.0.0.1:9/hook"])
+            .bind(vec![Some("{}")])
+            .bind(vec![Some("{}")])
+            .bind(vec![Some(200_i16)])
+            .bind(vec![Some("{}")])
+            .bind(vec![Some("")])
+            .bind(vec![false])
+            .bind(vec!["succeeded"])
+            .bind(vec![None::<&str>])
+            .bind(vec![None::<&str>])
+            .bind(vec![None::<f64>])
+            .bind(worker)
+    };
+    let unmoved = bind(RECORD)
         .bind(3600.0_f64)
         .fetch_all(pool)
         .await
         .expect("record")
+        .len();
+    if unmoved == 0 {
+        return 0;
+    }
+    bind(RECORD_LATE)
+        .fetch_all(pool)
+        .await
+        .expect("record late")
         .len()
 }
 
