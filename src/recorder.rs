@@ -142,6 +142,35 @@ pub fn spawn(
     (Recorder { tx }, task)
 }
 
+/// `sqlx::query_file!` of a statement whose first sixteen parameters are
+/// the arrays of [`Columns`], then `extra`. Checked against the SQL at
+/// compile time: the number, order and types of its parameters (`as
+/// &[Option<_>]`: those arrays may hold NULLs).
+macro_rules! with_columns {
+    ($file:literal, $c:expr, $($extra:expr),+) => {
+        sqlx::query_file!(
+            $file,
+            &$c.delivery_id,
+            &$c.endpoint_id,
+            &$c.attempt,
+            &$c.started_at,
+            &$c.duration_ms,
+            &$c.url,
+            &$c.request_headers as &[Option<String>],
+            &$c.request_body as &[Option<String>],
+            &$c.response_status as &[Option<i16>],
+            &$c.response_headers as &[Option<String>],
+            &$c.response_body as &[Option<String>],
+            &$c.response_truncated,
+            &$c.outcome as &[&str],
+            &$c.error_kind as &[Option<&str>],
+            &$c.error as &[Option<String>],
+            &$c.retry_in_s as &[Option<f64>],
+            $($extra),+
+        )
+    };
+}
+
 /// Writes batches of results.
 struct Writer {
     pool: PgPool,
@@ -195,28 +224,11 @@ impl Writer {
         for (r, _) in batch {
             c.push(r);
         }
-        // Checked against the SQL at compile time: the number, order and types
-        // of its parameters (`as &[Option<_>]`: those arrays may hold NULLs).
-        let unmoved = sqlx::query_file!(
+        let unmoved = with_columns!(
             "sql/worker/record_attempts.sql",
-            &c.delivery_id,
-            &c.endpoint_id,
-            &c.attempt,
-            &c.started_at,
-            &c.duration_ms,
-            &c.url,
-            &c.request_headers as &[Option<String>],
-            &c.request_body as &[Option<String>],
-            &c.response_status as &[Option<i16>],
-            &c.response_headers as &[Option<String>],
-            &c.response_body as &[Option<String>],
-            &c.response_truncated,
-            &c.outcome as &[&str],
-            &c.error_kind as &[Option<&str>],
-            &c.error as &[Option<String>],
-            &c.retry_in_s as &[Option<f64>],
+            c,
             &self.config.worker,
-            self.config.disable_after.as_secs_f64(),
+            self.config.disable_after.as_secs_f64()
         )
         .fetch_all(&self.pool)
         .await?;
@@ -233,25 +245,10 @@ impl Writer {
                 c.push(r);
             }
         }
-        let late = sqlx::query_file!(
+        let late = with_columns!(
             "sql/worker/record_late_attempts.sql",
-            &c.delivery_id,
-            &c.endpoint_id,
-            &c.attempt,
-            &c.started_at,
-            &c.duration_ms,
-            &c.url,
-            &c.request_headers as &[Option<String>],
-            &c.request_body as &[Option<String>],
-            &c.response_status as &[Option<i16>],
-            &c.response_headers as &[Option<String>],
-            &c.response_body as &[Option<String>],
-            &c.response_truncated,
-            &c.outcome as &[&str],
-            &c.error_kind as &[Option<&str>],
-            &c.error as &[Option<String>],
-            &c.retry_in_s as &[Option<f64>],
-            &self.config.worker,
+            c,
+            &self.config.worker
         )
         .fetch_all(&self.pool)
         .await?;

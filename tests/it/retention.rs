@@ -45,6 +45,15 @@ async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
 }
 
+/// The partition that holds attempt `id`.
+async fn partition_of(pool: &PgPool, id: i64) -> String {
+    sqlx::query_scalar("SELECT tableoid::regclass::text FROM webhooks.attempts WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("partition of")
+}
+
 fn names(report: &Value, key: &str) -> Vec<String> {
     report[key]
         .as_array()
@@ -124,12 +133,7 @@ async fn a_call_with_no_partition_lands_in_the_default_one_and_moves_into_its_ow
     support::clinic_with_patient(&db.pool).await;
     let endpoint = support::endpoint(&db.pool, 1, "https://receiver.example/hook", "2.0").await;
     let far = attempt_at(&db.pool, 1, endpoint, 100).await;
-    let partition: String =
-        sqlx::query_scalar("SELECT tableoid::regclass::text FROM webhooks.attempts WHERE id = $1")
-            .bind(far)
-            .fetch_one(&db.pool)
-            .await
-            .expect("where");
+    let partition = partition_of(&db.pool, far).await;
     assert_eq!(partition, "webhooks.attempts_default");
     let report = maintenance(&db.pool, 0).await;
     assert_eq!(report["rows_in_default"], 1, "{report}");
@@ -137,12 +141,7 @@ async fn a_call_with_no_partition_lands_in_the_default_one_and_moves_into_its_ow
     // Maintenance 95 days on makes the partition of day 100: the row moves in.
     let report = maintenance(&db.pool, 95).await;
     assert_eq!(report["rows_in_default"], 0, "{report}");
-    let partition: String =
-        sqlx::query_scalar("SELECT tableoid::regclass::text FROM webhooks.attempts WHERE id = $1")
-            .bind(far)
-            .fetch_one(&db.pool)
-            .await
-            .expect("where");
+    let partition = partition_of(&db.pool, far).await;
     assert_ne!(partition, "webhooks.attempts_default");
     assert_eq!(
         scalar(&db.pool, "SELECT count(*) FROM webhooks.attempts").await,
