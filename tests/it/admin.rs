@@ -388,7 +388,7 @@ async fn the_named_sql_files_run_in_psql_and_the_cli_redelivers() {
             "-v",
             "limit=10",
             "-f",
-            "sql/log/recent_calls.sql",
+            "sql/log/calls_by_clinic.sql",
         ],
     );
     assert!(

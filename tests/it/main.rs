@@ -6,6 +6,7 @@ mod chaos;
 mod delivery;
 mod hostile;
 mod lifecycle;
+mod log_queries;
 mod outages;
 mod payloads;
 mod recovery;

@@ -1,0 +1,29 @@
+-- The log of one endpoint, newest first, a page at a time (keyset).
+--   psql -v endpoint_id=7 -v limit=50 -f sql/log/calls_by_endpoint.sql
+-- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
+-- Served by webhooks.attempts_by_endpoint_time, in the partitions up to
+-- before_at only.
+\if :{?before_at} \else \set before_at '''infinity''' \endif
+\if :{?before_id} \else \set before_id 9223372036854775807 \endif
+SELECT a.id AS attempt_id,
+       a.started_at AS called_at,
+       a.endpoint_id,
+       d.event_id,
+       ev.type AS event_type,
+       a.attempt,
+       a.response_status,
+       round(a.duration_ms::numeric, 1) AS duration_ms,
+       a.outcome,
+       a.error_kind,
+       a.error,
+       a.next_attempt_at
+  FROM (SELECT x.*
+          FROM webhooks.attempts x
+         WHERE x.endpoint_id = :endpoint_id
+           AND x.started_at <= :before_at::timestamptz
+           AND (x.started_at < :before_at::timestamptz OR x.id < :before_id)
+         ORDER BY x.started_at DESC, x.id DESC
+         LIMIT :limit) a
+  JOIN webhooks.deliveries d ON d.id = a.delivery_id
+  JOIN webhooks.events ev ON ev.id = d.event_id
+ ORDER BY a.started_at DESC, a.id DESC;

@@ -1,0 +1,39 @@
+-- The log list filtered to calls that did not succeed (failed, to be
+-- retried, lost with a worker, late), one clinic, newest first, a page at a
+-- time (keyset).
+--   psql -v clinic_id=1 -v limit=50 -f sql/log/failed_calls_by_clinic.sql
+-- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
+-- Served by webhooks.attempts_not_succeeded_by_endpoint_time (a partial
+-- index: only the calls that did not succeed), per endpoint of the clinic.
+\if :{?before_at} \else \set before_at '''infinity''' \endif
+\if :{?before_id} \else \set before_id 9223372036854775807 \endif
+SELECT a.id AS attempt_id,
+       a.started_at AS called_at,
+       a.endpoint_id,
+       a.url,
+       d.event_id,
+       ev.type AS event_type,
+       a.attempt,
+       a.response_status,
+       round(a.duration_ms::numeric, 1) AS duration_ms,
+       a.outcome,
+       a.error_kind,
+       a.error,
+       a.next_attempt_at
+  FROM (SELECT page.*
+          FROM webhooks.endpoints e
+         CROSS JOIN LATERAL (
+                SELECT x.*
+                  FROM webhooks.attempts x
+                 WHERE x.endpoint_id = e.id
+                   AND x.outcome <> 'succeeded'
+                   AND x.started_at <= :before_at::timestamptz
+                   AND (x.started_at < :before_at::timestamptz OR x.id < :before_id)
+                 ORDER BY x.started_at DESC, x.id DESC
+                 LIMIT :limit) page
+         WHERE e.clinic_id = :clinic_id
+         ORDER BY page.started_at DESC, page.id DESC
+         LIMIT :limit) a
+  JOIN webhooks.deliveries d ON d.id = a.delivery_id
+  JOIN webhooks.events ev ON ev.id = d.event_id
+ ORDER BY a.started_at DESC, a.id DESC;
