@@ -8,8 +8,8 @@
 --   webhooks.attempts_default   the safety net: a row no partition covers
 --                               lands here (and a warning says so); it moves
 --                               into its partition once that is created
---   webhooks.attempts_legacy    what the log held before this migration,
---                               attached as it is (nothing is copied),
+--   webhooks.attempts_legacy    what the log held before this migration (if
+--                               anything), attached as it is (nothing is copied),
 --                               covering all time up to the end of the day
 --                               the migration ran; dropped whole once that
 --                               day is past the retention period
@@ -253,6 +253,16 @@ BEGIN
 END
 $$;
 
+
+-- A new database has no history to keep: its log starts with the partitions
+-- of today and the days ahead.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhooks.attempts_legacy) THEN
+        DROP TABLE webhooks.attempts_legacy;
+    END IF;
+END
+$$;
 
 SELECT webhooks.run_maintenance();
 
