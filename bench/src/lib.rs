@@ -23,6 +23,7 @@
 //! (and `process_workers` makes every scenario do so).
 
 mod env;
+mod logscale;
 mod report;
 mod scenarios;
 pub mod stats;
@@ -54,10 +55,11 @@ pub enum Scenario {
     Scaleout,
     Memory,
     Soak,
+    Logscale,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Throughput,
         Self::Latency,
         Self::Trigger,
@@ -65,11 +67,13 @@ impl Scenario {
         Self::Scaleout,
         Self::Memory,
         Self::Soak,
+        Self::Logscale,
     ];
 
-    /// Whether it runs when no scenario is named: all but the long soak.
+    /// Whether it runs when no scenario is named: all but the long soak
+    /// and the log at scale.
     pub fn runs_by_default(self) -> bool {
-        self != Self::Soak
+        !matches!(self, Self::Soak | Self::Logscale)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +85,7 @@ impl Scenario {
             Self::Scaleout => "scaleout",
             Self::Memory => "memory",
             Self::Soak => "soak",
+            Self::Logscale => "logscale",
         }
     }
 }
@@ -122,6 +127,10 @@ pub struct BenchOptions {
     pub steady_seconds: Option<f64>,
     /// Seconds of the soak run's load (default 600, quick 20).
     pub soak_seconds: Option<f64>,
+    /// Calls the log-at-scale scenario fills (default 10,000,000, quick 300,000).
+    pub log_calls: Option<i64>,
+    /// Days (daily partitions) they are spread over (default 30).
+    pub log_days: Option<i64>,
     /// Run the worker as a child process in every scenario.
     pub process_workers: bool,
     /// Keep the database afterwards (to look inside); it is dropped otherwise.
@@ -315,6 +324,31 @@ async fn run_on(
                     report.memory.push(m);
                     line
                 }),
+                Scenario::Logscale => {
+                    let calls = opts
+                        .log_calls
+                        .unwrap_or(if opts.quick { 300_000 } else { 10_000_000 })
+                        .max(1000);
+                    let days = opts.log_days.unwrap_or(30).clamp(2, 400);
+                    logscale::run(db, calls, days).await.map(|l| {
+                        let slowest = l
+                            .queries
+                            .iter()
+                            .map(|q| q.p99_ms)
+                            .fold(0.0, f64::max);
+                        let line = format!(
+                            "{tag}: {} calls over {} days filled in {:.0} s; slowest panel query p99 {:.2} ms; {:.0} bytes per call; retention run {:.0} ms, {} dead tuples",
+                            l.calls, l.days, l.fill_s, slowest, l.log_bytes_per_call, l.retention_run_ms, l.retention_dead_tuples
+                        );
+                        let per_query: Vec<String> = l
+                            .queries
+                            .iter()
+                            .map(|q| format!("{} p50 {:.2} / p99 {:.2} ms", q.name, q.p50_ms, q.p99_ms))
+                            .collect();
+                        report.logscale.push(l);
+                        format!("{line}\n[bench]   {}", per_query.join("\n[bench]   "))
+                    })
+                }
                 Scenario::Soak => scenarios::soak(&ctx).await.map(|s| {
                     let line = format!(
                         "{tag}: {} events in {:.0} s, {} calls ({} failed); RSS {:.1} → {:.1} MB (max {:.1}), fds {:.0} → {:.0}, DB connections ≤ {}, {} not succeeded",

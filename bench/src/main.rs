@@ -33,7 +33,7 @@ struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     json_out: Option<PathBuf>,
     /// Only these scenarios: throughput, latency, trigger, fanout, scaleout,
-    /// memory, soak (default: all but soak).
+    /// memory, soak, logscale (default: all but soak and logscale).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     only: Vec<bench::Scenario>,
     /// Seconds of the steady 200/s latency run (default 40).
@@ -45,6 +45,12 @@ struct BenchArgs {
     /// Seconds of the soak run's load (default 600).
     #[arg(long)]
     soak_secs: Option<f64>,
+    /// Calls the log-at-scale scenario fills (default 10,000,000).
+    #[arg(long)]
+    log_calls: Option<i64>,
+    /// Days they are spread over, one partition each (default 30).
+    #[arg(long)]
+    log_days: Option<i64>,
     /// Run the worker as a `clinic-webhooks run` child process in every scenario.
     #[arg(long)]
     process_workers: bool,
@@ -90,6 +96,8 @@ async fn main() -> Result<()> {
         latency_seconds: args.latency_secs,
         steady_seconds: args.steady_secs,
         soak_seconds: args.soak_secs,
+        log_calls: args.log_calls,
+        log_days: args.log_days,
         process_workers: args.process_workers,
         keep_database: args.keep_database,
         max_in_flight: args.max_in_flight,

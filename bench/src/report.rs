@@ -107,6 +107,7 @@ pub struct BenchReport {
     pub scaleout: Vec<ScaleOut>,
     pub memory: Vec<MemoryRun>,
     pub soak: Vec<SoakRun>,
+    pub logscale: Vec<crate::logscale::LogScale>,
     /// VmHWM of the bench process (receiver, load generators, in-process worker).
     pub bench_process_peak_rss_mb: Option<f64>,
     /// The 1-minute load average when the bench started and ended.
@@ -153,6 +154,7 @@ impl BenchReport {
             scaleout: Vec::new(),
             memory: Vec::new(),
             soak: Vec::new(),
+            logscale: Vec::new(),
             bench_process_peak_rss_mb: None,
             loadavg_start: crate::sys::loadavg(),
             loadavg_end: None,
@@ -335,6 +337,39 @@ impl BenchReport {
                 col(&self.soak, |r| r.not_succeeded as f64),
             )
             .worst(),
+            Row::new(
+                "log_panel_query_p99_ms",
+                "log at scale: slowest sql/log/ panel query, p99 of 100 runs".to_owned(),
+                "ms",
+                Some(AtMost(20.0)),
+                col(&self.logscale, |r| {
+                    r.queries.iter().map(|q| q.p99_ms).fold(0.0, f64::max)
+                }),
+            )
+            .worst(),
+            Row::new(
+                "log_retention_run_ms",
+                "log at scale: one retention run dropping the oldest day".to_owned(),
+                "ms",
+                Some(AtMost(1000.0)),
+                col(&self.logscale, |r| r.retention_run_ms),
+            )
+            .worst(),
+            Row::new(
+                "log_retention_dead_tuples",
+                "log at scale: dead tuples the retention run left".to_owned(),
+                "tuples",
+                Some(AtMost(0.0)),
+                col(&self.logscale, |r| r.retention_dead_tuples as f64),
+            )
+            .worst(),
+            Row::new(
+                "log_bytes_per_call",
+                "  log at scale: heap + TOAST + indexes of the log per call".to_owned(),
+                "bytes",
+                None,
+                col(&self.logscale, |r| r.log_bytes_per_call),
+            ),
             // What explains the above.
             Row::new(
                 "throughput_insert_ms",
@@ -572,6 +607,7 @@ impl BenchReport {
                 "scaleout": self.scaleout,
                 "memory": self.memory,
                 "soak": self.soak,
+                "logscale": self.logscale,
             }),
         );
         top.insert("machine".to_owned(), json!(self.machine));
