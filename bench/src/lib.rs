@@ -343,7 +343,12 @@ async fn run_on(
                         let per_query: Vec<String> = l
                             .queries
                             .iter()
-                            .map(|q| format!("{} p50 {:.2} / p99 {:.2} ms", q.name, q.p50_ms, q.p99_ms))
+                            .map(|q| {
+                                format!(
+                                    "{} p50 {:.2} / p99 {:.2} ms prepared; {:.2} / {:.2} ms as text",
+                                    q.name, q.p50_ms, q.p99_ms, q.text_p50_ms, q.text_p99_ms
+                                )
+                            })
                             .collect();
                         report.logscale.push(l);
                         format!("{line}\n[bench]   {}", per_query.join("\n[bench]   "))

@@ -59,30 +59,77 @@ pub const QUERIES: [PanelQuery; 6] = [
     },
 ];
 
-/// `sql` (a psql file) with its variables replaced and its psql commands
-/// (the `\if` defaults) dropped.
-pub fn statement(sql: &str, vars: &[(&str, String)]) -> String {
-    let mut text: String = sql
-        .lines()
+/// A value of a psql variable of a `sql/log/` file.
+#[derive(Debug, Clone)]
+pub enum Var {
+    Int(i64),
+    /// A timestamptz or a uuid, as text (the files cast it).
+    Text(String),
+}
+
+impl Var {
+    fn literal(&self) -> String {
+        match self {
+            Self::Int(n) => n.to_string(),
+            Self::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        }
+    }
+}
+
+/// The file's psql commands (the `\if` defaults) dropped.
+fn body(sql: &str) -> String {
+    sql.lines()
         .filter(|l| !l.starts_with('\\'))
         .collect::<Vec<_>>()
-        .join("\n");
+        .join("\n")
+        .trim()
+        .trim_end_matches(';')
+        .to_owned()
+}
+
+/// Longest names first, so that no name is replaced inside another.
+fn by_length(vars: &[(&'static str, Var)]) -> Vec<(&'static str, Var)> {
     let mut vars = vars.to_vec();
-    // Longest names first, so that no name is replaced inside another.
     vars.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
-    for (name, value) in vars {
-        text = text.replace(&format!(":{name}"), &value);
+    vars
+}
+
+/// The statement as psql runs it: the variables' values written in.
+pub fn statement(sql: &str, vars: &[(&'static str, Var)]) -> String {
+    let mut text = body(sql);
+    for (name, value) in by_length(vars) {
+        text = text.replace(&format!(":{name}"), &value.literal());
     }
-    text.trim().trim_end_matches(';').to_owned()
+    text
+}
+
+/// The statement as an application runs it: `$n` parameters, bound in the
+/// order returned.
+pub fn prepared(sql: &str, vars: &[(&'static str, Var)]) -> (String, Vec<Var>) {
+    let mut text = body(sql);
+    let mut binds = Vec::new();
+    for (name, value) in by_length(vars) {
+        let needle = format!(":{name}");
+        if text.contains(&needle) {
+            binds.push(value);
+            text = text.replace(&needle, &format!("${}", binds.len()));
+        }
+    }
+    (text, binds)
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryTiming {
     pub name: &'static str,
     pub runs: usize,
+    /// Prepared, with bound parameters, as an application runs it.
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The same statements with their values written in, as psql runs
+    /// them: planned anew every time.
+    pub text_p50_ms: f64,
+    pub text_p99_ms: f64,
     /// EXPLAIN (ANALYZE, BUFFERS) of one run, a deep page where it pages.
     pub explain: String,
 }
@@ -142,6 +189,7 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
     let mut queries = Vec::new();
     for query in &QUERIES {
         let mut times = Vec::with_capacity(RUNS);
+        let mut text_times = Vec::with_capacity(RUNS);
         let mut explain = String::new();
         for run in 0..RUNS {
             let deep = run % 2 == 1;
@@ -155,16 +203,29 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
                 &mut conn,
             )
             .await?;
-            let sql = statement(query.sql, &vars);
+            let (sql, binds) = prepared(query.sql, &vars);
+            let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+            for b in binds {
+                q = match b {
+                    Var::Int(n) => q.bind(n),
+                    Var::Text(t) => q.bind(t),
+                };
+            }
             let t = Instant::now();
-            sqlx::query(AssertSqlSafe(sql.clone()))
-                .fetch_all(&mut conn)
+            q.fetch_all(&mut conn)
                 .await
                 .with_context(|| format!("{}: {sql}", query.file))?;
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+            let text = statement(query.sql, &vars);
+            let t = Instant::now();
+            sqlx::raw_sql(AssertSqlSafe(text.clone()))
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("{}: {text}", query.file))?;
+            text_times.push(t.elapsed().as_secs_f64() * 1000.0);
             if run == RUNS - 1 {
                 let lines: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-                    "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}"
+                    "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {text}"
                 )))
                 .fetch_all(&mut conn)
                 .await?;
@@ -177,6 +238,8 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
             p50_ms: stats::percentile(&times, 50.0).unwrap_or(f64::NAN),
             p99_ms: stats::percentile(&times, 99.0).unwrap_or(f64::NAN),
             max_ms: stats::max(&times).unwrap_or(f64::NAN),
+            text_p50_ms: stats::percentile(&text_times, 50.0).unwrap_or(f64::NAN),
+            text_p99_ms: stats::percentile(&text_times, 99.0).unwrap_or(f64::NAN),
             explain,
         });
     }
@@ -189,7 +252,9 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
 
     let dead_before = dead_tuples(&mut conn).await?;
     let t = Instant::now();
-    let keep = format!("{} days", days - 1);
+    // The oldest partition ends at midnight days - 2 days ago: keeping
+    // days - 2 days drops it, and only it.
+    let keep = format!("{} days", days - 2);
     let report: serde_json::Value =
         sqlx::query_scalar("SELECT webhooks.run_maintenance($1::interval)")
             .bind(&keep)
@@ -330,29 +395,33 @@ async fn variables(
     attempts: (i64, i64),
     deliveries: (i64, i64),
     conn: &mut sqlx::PgConnection,
-) -> Result<Vec<(&'static str, String)>> {
+) -> Result<Vec<(&'static str, Var)>> {
     let clinic = FIRST_CLINIC + fastrand::i64(0..CLINICS);
     let endpoint = endpoints[fastrand::usize(0..endpoints.len())];
     let before_at = if deep {
+        // A cursor is the time of the last row shown: a literal to the server.
         let secs = fastrand::i64(0..days * 86400);
-        format!("(now() - make_interval(secs => {secs}))")
+        sqlx::query_scalar("SELECT (now() - make_interval(secs => $1))::text")
+            .bind(secs as f64)
+            .fetch_one(&mut *conn)
+            .await?
     } else {
-        "'infinity'".to_owned()
+        "infinity".to_owned()
     };
-    let page = |key: &'static str, value: String| {
+    let page = |key: &'static str, value: i64| {
         vec![
-            (key, value),
-            ("limit", "50".to_owned()),
-            ("before_at", before_at.clone()),
-            ("before_id", i64::MAX.to_string()),
+            (key, Var::Int(value)),
+            ("limit", Var::Int(50)),
+            ("before_at", Var::Text(before_at.clone())),
+            ("before_id", Var::Int(i64::MAX)),
         ]
     };
     Ok(match name {
-        "calls_by_clinic" | "failed_calls_by_clinic" => page("clinic_id", clinic.to_string()),
-        "calls_by_endpoint" => page("endpoint_id", endpoint.to_string()),
+        "calls_by_clinic" | "failed_calls_by_clinic" => page("clinic_id", clinic),
+        "calls_by_endpoint" => page("endpoint_id", endpoint),
         "calls_of_delivery" => vec![(
             "delivery_id",
-            fastrand::i64(deliveries.0..=deliveries.1).to_string(),
+            Var::Int(fastrand::i64(deliveries.0..=deliveries.1)),
         )],
         "calls_of_event" => {
             let id = fastrand::i64(deliveries.0..=deliveries.1);
@@ -361,11 +430,11 @@ async fn variables(
                     .bind(id)
                     .fetch_one(&mut *conn)
                     .await?;
-            vec![("event_id", format!("'{event}'"))]
+            vec![("event_id", Var::Text(event))]
         }
         _ => vec![(
             "attempt_id",
-            fastrand::i64(attempts.0..=attempts.1).to_string(),
+            Var::Int(fastrand::i64(attempts.0..=attempts.1)),
         )],
     })
 }
