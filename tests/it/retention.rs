@@ -93,7 +93,10 @@ async fn maintenance_drops_whole_expired_partitions_and_nothing_that_is_still_li
     let report = maintenance(&db.pool, 33).await;
     assert_eq!(report["ran"], true, "{report}");
     let dropped = names(&report, "dropped");
-    assert!(dropped.len() >= 3, "today's, tomorrow's, the day after's: {report}");
+    assert!(
+        dropped.len() >= 3,
+        "today's, tomorrow's, the day after's: {report}"
+    );
     assert!(!names(&report, "created").is_empty(), "{report}");
     let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM webhooks.attempts ORDER BY id")
         .fetch_all(&db.pool)
