@@ -130,6 +130,10 @@ pub struct QueryTiming {
     /// them: planned anew every time.
     pub text_p50_ms: f64,
     pub text_p99_ms: f64,
+    /// Prepared, on a session with `plan_cache_mode = force_custom_plan`
+    /// (planned for each run's values, as the README advises for the lists).
+    pub custom_plan_p50_ms: f64,
+    pub custom_plan_p99_ms: f64,
     /// EXPLAIN (ANALYZE, BUFFERS) of one run, a deep page where it pages.
     pub explain: String,
 }
@@ -175,6 +179,10 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
     let fill_s = started.elapsed().as_secs_f64();
 
     let mut conn = db.client().await?;
+    let mut custom = db.client().await?;
+    sqlx::query("SET plan_cache_mode = force_custom_plan")
+        .execute(&mut custom)
+        .await?;
     let (min_attempt, max_attempt): (i64, i64) =
         sqlx::query_as("SELECT min(id), max(id) FROM webhooks.attempts")
             .fetch_one(&mut conn)
@@ -190,6 +198,7 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
     for query in &QUERIES {
         let mut times = Vec::with_capacity(RUNS);
         let mut text_times = Vec::with_capacity(RUNS);
+        let mut custom_times = Vec::with_capacity(RUNS);
         let mut explain = String::new();
         for run in 0..RUNS {
             let deep = run % 2 == 1;
@@ -204,18 +213,20 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
             )
             .await?;
             let (sql, binds) = prepared(query.sql, &vars);
-            let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
-            for b in binds {
-                q = match b {
-                    Var::Int(n) => q.bind(n),
-                    Var::Text(t) => q.bind(t),
-                };
+            for (session, into) in [(&mut conn, &mut times), (&mut custom, &mut custom_times)] {
+                let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+                for b in &binds {
+                    q = match b {
+                        Var::Int(n) => q.bind(*n),
+                        Var::Text(t) => q.bind(t.clone()),
+                    };
+                }
+                let t = Instant::now();
+                q.fetch_all(&mut *session)
+                    .await
+                    .with_context(|| format!("{}: {sql}", query.file))?;
+                into.push(t.elapsed().as_secs_f64() * 1000.0);
             }
-            let t = Instant::now();
-            q.fetch_all(&mut conn)
-                .await
-                .with_context(|| format!("{}: {sql}", query.file))?;
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
             let text = statement(query.sql, &vars);
             let t = Instant::now();
             sqlx::raw_sql(AssertSqlSafe(text.clone()))
@@ -240,6 +251,8 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
             max_ms: stats::max(&times).unwrap_or(f64::NAN),
             text_p50_ms: stats::percentile(&text_times, 50.0).unwrap_or(f64::NAN),
             text_p99_ms: stats::percentile(&text_times, 99.0).unwrap_or(f64::NAN),
+            custom_plan_p50_ms: stats::percentile(&custom_times, 50.0).unwrap_or(f64::NAN),
+            custom_plan_p99_ms: stats::percentile(&custom_times, 99.0).unwrap_or(f64::NAN),
             explain,
         });
     }
@@ -265,6 +278,7 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dead_after = dead_tuples(&mut conn).await?;
     conn.close().await.ok();
+    custom.close().await.ok();
     Ok(LogScale {
         calls: logged,
         days,
