@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::raw_http::{RawRequest, read_request, reset};
 use crate::support::{self, TestDb};
 
 const EVENTS: i64 = 1500;
@@ -76,7 +77,11 @@ impl Chaos {
     }
 
     async fn answer(self: Arc<Self>, mut stream: TcpStream) {
-        let Some((path, id)) = read_request(&mut stream).await else {
+        let Some(RawRequest {
+            path,
+            webhook_id: Some(id),
+        }) = read_request(&mut stream).await
+        else {
             return;
         };
         let answer = Answer::pick(&mut self.rng.lock().unwrap_or_else(PoisonError::into_inner));
@@ -114,10 +119,7 @@ impl Chaos {
                 return;
             }
             Answer::Reset => {
-                // SO_LINGER 0: the close sends a RST. (Deprecated because a
-                // non-zero linger blocks the thread on drop; zero never does.)
-                #[allow(deprecated)]
-                let _ = stream.set_linger(Some(Duration::ZERO));
+                reset(stream);
                 return;
             }
             Answer::SlowBody => {
@@ -135,42 +137,6 @@ impl Chaos {
         }
         let _ = stream.shutdown().await;
     }
-}
-
-/// Reads one request; returns its path and `webhook-id`.
-async fn read_request(stream: &mut TcpStream) -> Option<(String, String)> {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&seen[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let path = lines.next()?.split(' ').nth(1)?.to_owned();
-    let mut id = None;
-    let mut length = 0;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
-                "webhook-id" => id = Some(value.trim().to_owned()),
-                "content-length" => length = value.trim().parse().ok()?,
-                _ => {}
-            }
-        }
-    }
-    while seen.len() < head_end + length {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-    Some((path, id?))
 }
 
 /// One call in the log, with its delivery's final state.

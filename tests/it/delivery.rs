@@ -240,12 +240,7 @@ async fn transport_failures_are_retryable_with_machine_readable_kinds() {
     }))
     .await
     .expect("receiver");
-    // A port nobody listens on: bind, learn the port, close.
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let dead_port = support::unused_port();
     support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/slow"), "2.0").await;
     support::endpoint(

@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use clinic_webhooks_test_support::Receiver;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::raw_http::{read_request, reset};
 use crate::support::{self, TestDb};
 
 /// `http.timeout` in this test.
@@ -78,30 +79,8 @@ async fn serve(listener: TcpListener, how: Misbehaviour) {
     }
 }
 
-/// Reads the request head (and whatever body came with it).
-async fn read_request(stream: &mut TcpStream) {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-    // The body is small; give it a moment to arrive.
-    let _ = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await;
-}
-
-async fn reset(stream: TcpStream) {
-    // SO_LINGER 0: closing sends a RST instead of a FIN. (Deprecated
-    // because a non-zero linger blocks the thread on drop; zero never does.)
-    #[allow(deprecated)]
-    let _ = stream.set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
 async fn misbehave(mut stream: TcpStream, how: Misbehaviour) {
-    read_request(&mut stream).await;
+    let _ = read_request(&mut stream).await;
     match how {
         Misbehaviour::HugeBody => {
             let head = "HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n";
@@ -159,11 +138,11 @@ async fn misbehave(mut stream: TcpStream, how: Misbehaviour) {
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
                 .await;
             tokio::time::sleep(Duration::from_millis(100)).await;
-            reset(stream).await;
+            reset(stream);
             return;
         }
         Misbehaviour::ResetBeforeAnswer => {
-            reset(stream).await;
+            reset(stream);
             return;
         }
         Misbehaviour::NotHttp => {

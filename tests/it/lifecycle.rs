@@ -59,12 +59,7 @@ async fn sigterm_drains_requests_in_flight_and_exits_zero() {
 async fn the_embedded_default_needs_no_database_configuration() {
     let dir = std::env::temp_dir().join(format!("cw-embedded-{:08x}", fastrand::u32(..)));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-        .to_string();
+    let port = support::unused_port().to_string();
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_clinic-webhooks"))
             .args(args)
@@ -106,11 +101,7 @@ async fn the_embedded_default_needs_no_database_configuration() {
 /// or the problem: no hang, no panic, exit status 1.
 #[tokio::test]
 async fn bad_configuration_stops_run_quickly_with_a_clear_message() {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let closed_port = support::unused_port();
     let unreachable = format!("postgres://postgres@127.0.0.1:{closed_port}/postgres");
     let target = format!("127.0.0.1:{closed_port}");
     let db = TestDb::new().await;

@@ -9,6 +9,7 @@ mod lifecycle;
 mod log_queries;
 mod outages;
 mod payloads;
+mod raw_http;
 mod recovery;
 mod retention;
 mod schema;

@@ -29,11 +29,7 @@ struct Private {
 impl Private {
     async fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("cw-outage-{:08x}", fastrand::u32(..)));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = support::unused_port();
         let settings = EmbeddedSettings {
             data_dir: dir.join("pg"),
             port,

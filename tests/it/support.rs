@@ -15,6 +15,16 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// A port on 127.0.0.1 that nothing listens on just now (bound, read,
+/// closed): for a server the test starts there, or for a refused connection.
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// The server the tests create their databases on.
 pub fn admin_url() -> String {
     std::env::var("TEST_DATABASE_URL")
