@@ -11,6 +11,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection};
 
+use clinic_webhooks_test_support::psql;
+
 use crate::env::BenchDb;
 use crate::stats;
 
@@ -76,39 +78,19 @@ impl Var {
     }
 }
 
-/// The file's psql commands (the `\if` defaults) dropped.
-fn body(sql: &str) -> String {
-    sql.lines()
-        .filter(|l| !l.starts_with('\\'))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .trim()
-        .trim_end_matches(';')
-        .to_owned()
-}
-
-/// Longest names first, so that no name is replaced inside another.
-fn by_length(vars: &[(&'static str, Var)]) -> Vec<(&'static str, Var)> {
-    let mut vars = vars.to_vec();
-    vars.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
-    vars
-}
-
 /// The statement as psql runs it: the variables' values written in.
 pub fn statement(sql: &str, vars: &[(&'static str, Var)]) -> String {
-    let mut text = body(sql);
-    for (name, value) in by_length(vars) {
-        text = text.replace(&format!(":{name}"), &value.literal());
-    }
-    text
+    let literals: Vec<(&'static str, String)> =
+        vars.iter().map(|(name, v)| (*name, v.literal())).collect();
+    psql::statement(sql, &literals)
 }
 
 /// The statement as an application runs it: `$n` parameters, bound in the
 /// order returned.
 pub fn prepared(sql: &str, vars: &[(&'static str, Var)]) -> (String, Vec<Var>) {
-    let mut text = body(sql);
+    let mut text = psql::file_body(sql);
     let mut binds = Vec::new();
-    for (name, value) in by_length(vars) {
+    for (name, value) in psql::longest_first(vars) {
         let needle = format!(":{name}");
         if text.contains(&needle) {
             binds.push(value);

@@ -6,6 +6,7 @@
 //! For integration tests and the bench only: the library's own unit tests
 //! must not use it (it depends on the library).
 
+pub mod psql;
 mod receiver;
 
 use std::path::Path;

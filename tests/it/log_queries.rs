@@ -5,28 +5,17 @@
 
 use std::collections::HashSet;
 
+use clinic_webhooks_test_support::psql;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::support::{self, TestDb};
 
-/// The file's statement with its psql variables replaced and its psql
-/// commands (the `\if` defaults) dropped.
-fn statement(file: &str, vars: &[(&str, String)]) -> String {
+/// A `sql/log/` file's statement with its psql variables written in.
+fn statement(file: &str, vars: &[(&'static str, String)]) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let text = std::fs::read_to_string(&path).expect("read");
-    let mut sql: String = text
-        .lines()
-        .filter(|l| !l.starts_with('\\'))
-        .collect::<Vec<_>>()
-        .join("\n");
-    // Longest names first, so that no name is replaced inside another.
-    let mut vars = vars.to_vec();
-    vars.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
-    for (name, value) in vars {
-        sql = sql.replace(&format!(":{name}"), &value);
-    }
-    sql.trim().trim_end_matches(';').to_owned()
+    psql::statement(&text, vars)
 }
 
 /// Every (node type, relation, index) in a JSON plan.
