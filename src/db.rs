@@ -131,7 +131,7 @@ pub struct Connectivity {
 
 /// How long after the database last answered a failure is not yet taken
 /// for an outage.
-pub const SETTLE: Duration = Duration::from_secs(2);
+const SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct ConnectivityState {
