@@ -1,4 +1,5 @@
-//! Partition maintenance and retention of the attempt log: every
+//! Partition maintenance and retention of the history (the attempt log,
+//! finished deliveries, events): every
 //! `retention.interval` each worker calls `webhooks.run_maintenance`, which
 //! does the work in exactly one of them at a time (an advisory lock; the
 //! others return at once) and reports what it created and dropped.
@@ -22,8 +23,9 @@ pub async fn run_once(pool: &PgPool, retention: &RetentionSettings) -> Result<Va
     .await
 }
 
-/// Logs a report: what was dropped and created at info, the default
-/// partition's rows as a warning, nothing when there was nothing to do.
+/// Logs a report: what was dropped and created at info, rows in the default
+/// partitions for want of a partition as a warning, nothing when there was
+/// nothing to do.
 pub fn log_report(report: &Value) {
     if report["ran"] != Value::Bool(true) {
         tracing::debug!(%report, "maintenance ran elsewhere");
@@ -36,16 +38,21 @@ pub fn log_report(report: &Value) {
             dropped = %report["dropped"],
             dropped_rows_estimate = %report["dropped_rows_estimate"],
             created = %report["created"],
+            events_kept_for_live_deliveries = %report["events_kept_for_live_deliveries"],
             keep = %report["keep"],
-            "log maintenance: partitions past retention dropped, partitions ahead created"
+            "history maintenance: partitions past retention dropped, partitions ahead created"
         );
     }
-    let stray = report["rows_in_default"].as_i64().unwrap_or(0);
-    if stray > 0 {
+    let stray = &report["rows_in_default"];
+    let strays: i64 = ["attempts", "deliveries", "events"]
+        .iter()
+        .filter_map(|history| stray[history].as_i64())
+        .sum();
+    if strays > 0 {
         tracing::warn!(
-            rows = stray,
-            "attempts are in webhooks.attempts_default: no partition covered their time; \
-             maintenance moves them into their partition once it exists"
+            rows = %stray,
+            "rows are in the default partitions (webhooks.*_default): no partition covered \
+             their time; maintenance moves them into their partition once it exists"
         );
     }
 }

@@ -43,6 +43,8 @@ impl Pipeline {
             .submit(AttemptResult {
                 delivery_id: d.delivery_id,
                 endpoint_id: d.endpoint_id,
+                event_id: d.event_id,
+                event_type: d.event_type.clone(),
                 attempt: d.attempt,
                 call,
                 outcome,

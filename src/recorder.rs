@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::PgPool;
 use std::sync::Arc;
+use uuid::Uuid;
 
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -22,6 +23,9 @@ use crate::delivery::CallRecord;
 pub struct AttemptResult {
     pub delivery_id: i64,
     pub endpoint_id: i64,
+    /// The event, logged with the call so that the log's lists read the log alone.
+    pub event_id: Uuid,
+    pub event_type: String,
     pub attempt: i32,
     pub call: CallRecord,
     pub outcome: Outcome,
@@ -142,7 +146,7 @@ pub fn spawn(
     (Recorder { tx }, task)
 }
 
-/// `sqlx::query_file!` of a statement whose first sixteen parameters are
+/// `sqlx::query_file!` of a statement whose first eighteen parameters are
 /// the arrays of [`Columns`], then `extra`. Checked against the SQL at
 /// compile time: the number, order and types of its parameters (`as
 /// &[Option<_>]`: those arrays may hold NULLs).
@@ -166,6 +170,8 @@ macro_rules! with_columns {
             &$c.error_kind as &[Option<&str>],
             &$c.error as &[Option<String>],
             &$c.retry_in_s as &[Option<f64>],
+            &$c.event_id,
+            &$c.event_type,
             $($extra),+
         )
     };
@@ -303,6 +309,8 @@ struct Columns {
     error_kind: Vec<Option<&'static str>>,
     error: Vec<Option<String>>,
     retry_in_s: Vec<Option<f64>>,
+    event_id: Vec<Uuid>,
+    event_type: Vec<String>,
 }
 
 impl Columns {
@@ -334,5 +342,7 @@ impl Columns {
         self.error
             .push(call.failure.as_ref().map(|f| f.message.clone()));
         self.retry_in_s.push(r.retry_in.map(|d| d.as_secs_f64()));
+        self.event_id.push(r.event_id);
+        self.event_type.push(r.event_type.clone());
     }
 }

@@ -4,15 +4,20 @@
 -- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
 -- Each of the clinic's endpoints is read newest first on
 -- webhooks.attempts_by_endpoint_time, in the partitions up to before_at only,
--- and their pages merged; events are looked up for the page's rows only.
+-- and their pages merged. The log alone answers: each call carries its event.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
 \if :{?before_id} \else \set before_id 9223372036854775807 \endif
 SELECT a.id AS attempt_id,
        a.started_at AS called_at,
        a.endpoint_id,
        a.url,
-       d.event_id,
-       ev.type AS event_type,
+       -- Looked up through the delivery only for calls logged before calls
+       -- carried their event (what the migration to partitions kept).
+       coalesce(a.event_id, (SELECT d.event_id FROM webhooks.deliveries d
+                              WHERE d.id = a.delivery_id)) AS event_id,
+       coalesce(a.event_type, (SELECT ev.type FROM webhooks.deliveries d
+                                 JOIN webhooks.events ev ON ev.id = d.event_id
+                                WHERE d.id = a.delivery_id)) AS event_type,
        a.attempt,
        a.response_status,
        round(a.duration_ms::numeric, 1) AS duration_ms,
@@ -33,6 +38,4 @@ SELECT a.id AS attempt_id,
          WHERE e.clinic_id = :clinic_id
          ORDER BY page.started_at DESC, page.id DESC
          LIMIT :limit) a
-  JOIN webhooks.deliveries d ON d.id = a.delivery_id
-  JOIN webhooks.events ev ON ev.id = d.event_id
  ORDER BY a.started_at DESC, a.id DESC;

@@ -8,8 +8,13 @@
 SELECT a.id AS attempt_id,
        a.started_at AS called_at,
        a.endpoint_id,
-       d.event_id,
-       ev.type AS event_type,
+       -- Looked up through the delivery only for calls logged before calls
+       -- carried their event (what the migration to partitions kept).
+       coalesce(a.event_id, (SELECT d.event_id FROM webhooks.deliveries d
+                              WHERE d.id = a.delivery_id)) AS event_id,
+       coalesce(a.event_type, (SELECT ev.type FROM webhooks.deliveries d
+                                 JOIN webhooks.events ev ON ev.id = d.event_id
+                                WHERE d.id = a.delivery_id)) AS event_type,
        a.attempt,
        a.response_status,
        round(a.duration_ms::numeric, 1) AS duration_ms,
@@ -24,6 +29,4 @@ SELECT a.id AS attempt_id,
            AND (x.started_at < :before_at::timestamptz OR x.id < :before_id)
          ORDER BY x.started_at DESC, x.id DESC
          LIMIT :limit) a
-  JOIN webhooks.deliveries d ON d.id = a.delivery_id
-  JOIN webhooks.events ev ON ev.id = d.event_id
  ORDER BY a.started_at DESC, a.id DESC;

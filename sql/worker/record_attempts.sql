@@ -4,7 +4,7 @@
 --   lease the call was made under moves its delivery;
 -- * appends each call whose delivery it moved to webhooks.attempts (the log);
 -- * keeps endpoint health: a success clears the failure streak; a 410 Gone, or
---   failing continuously for $18 seconds, disables the endpoint (its pending
+--   failing continuously for $20 seconds, disables the endpoint (its pending
 --   deliveries are kept and resume when it is re-enabled).
 -- Returns the (delivery, attempt) of each result that moved nothing: a late
 -- result (its delivery was taken back meanwhile, from a worker stalled past
@@ -12,18 +12,18 @@
 -- again after the database went away before acknowledging its commit).
 -- The recorder hands those to sql/worker/record_late_attempts.sql, so that
 -- this statement, run for every batch, never reads the log.
--- $1 .. $16 are parallel arrays, one element per call (src/recorder.rs,
--- `Columns`); $17 is the worker, $18 health.disable_after in seconds.
+-- $1 .. $18 are parallel arrays, one element per call (src/recorder.rs,
+-- `Columns`); $19 is the worker, $20 health.disable_after in seconds.
 WITH r AS (
     SELECT *
       FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::float8[], $5::float8[],
                   $6::text[], $7::text[], $8::text[], $9::int2[], $10::text[],
                   $11::text[], $12::bool[], $13::text[], $14::text[], $15::text[],
-                  $16::float8[])
+                  $16::float8[], $17::uuid[], $18::text[])
         AS r (delivery_id, endpoint_id, attempt, started_at, duration_ms,
               url, request_headers, request_body, response_status, response_headers,
               response_body, response_truncated, outcome, error_kind, error,
-              retry_in_s)
+              retry_in_s, event_id, event_type)
 ),
 moved AS (
     UPDATE webhooks.deliveries d
@@ -54,7 +54,7 @@ fate AS (
 ),
 health AS (
     SELECT h.endpoint_id, h.any_success, h.gone,
-           h.gone OR coalesce(e.failing_since < now() - make_interval(secs => $18), false)
+           h.gone OR coalesce(e.failing_since < now() - make_interval(secs => $20), false)
                AS disable
       FROM (SELECT f.endpoint_id,
                    bool_or(f.outcome = 'succeeded') AS any_success,
@@ -89,15 +89,15 @@ failing AS (
 ),
 logged AS (
     INSERT INTO webhooks.attempts (
-        delivery_id, endpoint_id, attempt, started_at, duration_ms, url,
+        delivery_id, endpoint_id, event_id, event_type, attempt, started_at, duration_ms, url,
         request_headers, request_body, response_status, response_headers, response_body,
         response_truncated, outcome, error_kind, error, next_attempt_at, worker)
-    SELECT f.delivery_id, f.endpoint_id, f.attempt, to_timestamp(f.started_at), f.duration_ms,
+    SELECT f.delivery_id, f.endpoint_id, f.event_id, f.event_type, f.attempt, to_timestamp(f.started_at), f.duration_ms,
            f.url, f.request_headers::jsonb, f.request_body, f.response_status,
            f.response_headers::jsonb, f.response_body, f.response_truncated,
            f.outcome::webhooks.attempt_outcome, f.error_kind, f.error,
            CASE WHEN f.outcome = 'retrying' THEN now() + make_interval(secs => f.retry_in_s) END,
-           $17
+           $19
       FROM fate f
      WHERE f.current
 )

@@ -7,18 +7,18 @@
 --   in place of its attempt's 'abandoned' row, or as a row of its own when
 --   there is none, and changes nothing else: one row per HTTP call, with
 --   what the receiver answered.
--- Same parameters as record_attempts.sql, $1 .. $16 and $17 (the worker).
+-- Same parameters as record_attempts.sql, $1 .. $18 and $19 (the worker).
 -- Returns the (delivery, attempt) of each late result.
 WITH r AS (
     SELECT *
       FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::float8[], $5::float8[],
                   $6::text[], $7::text[], $8::text[], $9::int2[], $10::text[],
                   $11::text[], $12::bool[], $13::text[], $14::text[], $15::text[],
-                  $16::float8[])
+                  $16::float8[], $17::uuid[], $18::text[])
         AS r (delivery_id, endpoint_id, attempt, started_at, duration_ms,
               url, request_headers, request_body, response_status, response_headers,
               response_body, response_truncated, outcome, error_kind, error,
-              retry_in_s)
+              retry_in_s, event_id, event_type)
 ),
 late AS (
     SELECT r.*
@@ -26,7 +26,7 @@ late AS (
      WHERE NOT EXISTS (SELECT 1 FROM webhooks.attempts a
                         WHERE a.delivery_id = r.delivery_id
                           AND a.attempt = r.attempt
-                          AND a.worker = $17
+                          AND a.worker = $19
                           AND a.outcome <> 'abandoned')
 ),
 -- Over the 'abandoned' row that lease recovery wrote for the attempt.
@@ -46,7 +46,7 @@ replaced AS (
            error = concat_ws('; ', l.error,
                              'the result came after the delivery was taken back (' || a.error || ')'),
            next_attempt_at = NULL,
-           worker = $17
+           worker = $19
       FROM late l
      WHERE a.delivery_id = l.delivery_id
        AND a.attempt = l.attempt
@@ -55,15 +55,15 @@ replaced AS (
 ),
 logged AS (
     INSERT INTO webhooks.attempts (
-        delivery_id, endpoint_id, attempt, started_at, duration_ms, url,
+        delivery_id, endpoint_id, event_id, event_type, attempt, started_at, duration_ms, url,
         request_headers, request_body, response_status, response_headers, response_body,
         response_truncated, outcome, error_kind, error, next_attempt_at, worker)
-    SELECT l.delivery_id, l.endpoint_id, l.attempt, to_timestamp(l.started_at), l.duration_ms,
+    SELECT l.delivery_id, l.endpoint_id, l.event_id, l.event_type, l.attempt, to_timestamp(l.started_at), l.duration_ms,
            l.url, l.request_headers::jsonb, l.request_body, l.response_status,
            l.response_headers::jsonb, l.response_body, l.response_truncated,
            'late', l.error_kind,
            concat_ws('; ', l.error, 'the result came after the delivery had moved on'),
-           NULL, $17
+           NULL, $19
       FROM late l
      WHERE NOT EXISTS (SELECT 1 FROM replaced x
                         WHERE x.delivery_id = l.delivery_id AND x.attempt = l.attempt)

@@ -395,6 +395,32 @@ async fn the_named_sql_files_run_in_psql_and_the_cli_redelivers() {
         list.contains("visit.created") && list.contains("|400|"),
         "{list}"
     );
+    // The worker logs each call with its event, which the lists read.
+    let unlabelled: i64 = scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.attempts a JOIN webhooks.deliveries d ON d.id = a.delivery_id
+          WHERE a.event_id IS DISTINCT FROM d.event_id OR a.event_type IS DISTINCT FROM 'visit.created'",
+    )
+    .await;
+    assert_eq!(unlabelled, 0);
+    let by_type = psql(
+        &db,
+        &[
+            "-v",
+            "clinic_id=1",
+            "-v",
+            "event_type='visit.created'",
+            "-v",
+            "limit=10",
+            "-f",
+            "sql/log/calls_by_event_type.sql",
+        ],
+    );
+    assert_eq!(
+        by_type.matches("|400|").count(),
+        list.matches("|400|").count(),
+        "{by_type}"
+    );
     let attempt: i64 = scalar(&db.pool, "SELECT max(id) FROM webhooks.attempts").await;
     let detail = psql(
         &db,

@@ -63,20 +63,29 @@ async fn history(db: &TestDb) -> Vec<i64> {
     support::visits(&db.pool, 1, 10, 2000).await;
     support::visits(&db.pool, 2, 20, 2000).await;
     sqlx::query(
-        "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, url,
-                                        request_headers, request_body, response_status,
-                                        outcome, error_kind)
-         SELECT d.id, d.endpoint_id, g,
+        "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, event_id, event_type, attempt,
+                                        started_at, url, request_headers, request_body,
+                                        response_status, outcome, error_kind)
+         SELECT d.id, d.endpoint_id, d.event_id, ev.type, g,
                 date_trunc('day', now()) + make_interval(days => g - 1, secs => d.id % 80000),
                 'https://receiver.example/hook', '{}', '{}',
                 CASE WHEN g = 3 THEN 200 ELSE 503 END,
                 CASE WHEN g = 3 THEN 'succeeded' ELSE 'retrying' END::webhooks.attempt_outcome,
                 CASE WHEN g = 3 THEN NULL ELSE 'status' END
-           FROM webhooks.deliveries d CROSS JOIN generate_series(1, 3) g",
+           FROM webhooks.deliveries d JOIN webhooks.events ev ON ev.id = d.event_id
+          CROSS JOIN generate_series(1, 3) g",
     )
     .execute(&db.pool)
     .await
     .expect("history");
+    // Finished, but for one delivery in ten.
+    sqlx::query(
+        "UPDATE webhooks.deliveries SET state = 'succeeded', attempts = 3, finished_at = now()
+          WHERE id % 10 <> 0",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("finish");
     sqlx::query("ANALYZE")
         .execute(&db.pool)
         .await
@@ -84,7 +93,7 @@ async fn history(db: &TestDb) -> Vec<i64> {
     endpoints
 }
 
-/// No partition that holds calls is read sequentially. (An empty one, of
+/// No partition that holds rows is read sequentially. (An empty one, of
 /// the days ahead, may be: there is nothing to read.)
 fn assert_no_seq_scan_of_the_log(
     file: &str,
@@ -109,8 +118,8 @@ async fn the_log_queries_prune_partitions_use_their_index_and_page_through_every
             .await
             .expect("tomorrow");
     let later_partition: String = sqlx::query_scalar(
-        "SELECT name FROM webhooks.attempt_partitions
-          WHERE range_start >= date_trunc('day', now()) + interval '2 days' ORDER BY range_start LIMIT 1",
+        "SELECT name FROM webhooks.history_partitions
+          WHERE history = 'attempts' AND range_start >= date_trunc('day', now()) + interval '2 days' ORDER BY range_start LIMIT 1",
     )
     .fetch_one(&db.pool)
     .await
@@ -148,6 +157,14 @@ async fn the_log_queries_prune_partitions_use_their_index_and_page_through_every
             true,
         ),
         (
+            "sql/log/calls_by_event_type.sql",
+            with(
+                with(before_tomorrow(), ("clinic_id", "1".into())),
+                ("event_type", "'visit.created'".into()),
+            ),
+            true,
+        ),
+        (
             "sql/log/failed_calls_by_clinic.sql",
             with(before_tomorrow(), ("clinic_id", "1".into())),
             true,
@@ -168,13 +185,15 @@ async fn the_log_queries_prune_partitions_use_their_index_and_page_through_every
             false,
         ),
     ];
-    let holding: HashSet<String> =
-        sqlx::query_scalar("SELECT name FROM webhooks.attempt_partitions WHERE rows_estimate > 0")
-            .fetch_all(&db.pool)
-            .await
-            .expect("partitions with calls")
-            .into_iter()
-            .collect();
+    let holding: HashSet<String> = sqlx::query_scalar(
+        "SELECT name FROM webhooks.history_partitions
+              WHERE history = 'attempts' AND rows_estimate > 0",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("partitions with calls")
+    .into_iter()
+    .collect();
     assert_eq!(holding.len(), 3, "three days of calls: {holding:?}");
     for (file, vars, pruned) in &cases {
         let plan = plan_of(&db.pool, &statement(file, vars)).await;
@@ -195,7 +214,7 @@ async fn the_log_queries_prune_partitions_use_their_index_and_page_through_every
         }
     }
     // The filtered list reads the partial index of the calls that did not succeed.
-    let (file, vars, _) = &cases[2];
+    let (file, vars, _) = &cases[3];
     let plan = plan_of(&db.pool, &statement(file, vars)).await;
     let mut partial = false;
     for (_, _, index) in plan
@@ -212,6 +231,40 @@ async fn the_log_queries_prune_partitions_use_their_index_and_page_through_every
         partial |= is_partial;
     }
     assert!(partial, "{file} uses the partial index: {plan:?}");
+    // The list by type reads the index by endpoint and type.
+    let (file, vars, _) = &cases[2];
+    let plan = plan_of(&db.pool, &statement(file, vars)).await;
+    assert!(
+        plan.iter()
+            .any(|(_, _, index)| index.contains("event_type")),
+        "{file} uses the index by endpoint and type: {plan:?}"
+    );
+    // An event's story reads the deliveries of that event only: the queue
+    // and the event's day of the finished deliveries, on their index.
+    let holding_deliveries: HashSet<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'webhooks' AND c.relname LIKE 'deliveries%'
+            AND c.relkind = 'r' AND c.reltuples > 0",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("delivery partitions with rows")
+    .into_iter()
+    .collect();
+    assert_eq!(holding_deliveries.len(), 2, "{holding_deliveries:?}");
+    let vars = vec![("event_id", format!("'{event}'"))];
+    for file in ["sql/log/calls_of_event.sql", "sql/log/delivery_history.sql"] {
+        let plan = plan_of(&db.pool, &statement(file, &vars)).await;
+        let deliveries: Vec<_> = plan
+            .iter()
+            .filter(|(_, relation, _)| relation.starts_with("deliveries"))
+            .collect();
+        assert_no_seq_scan_of_the_log(file, &plan, &holding_deliveries);
+        assert!(
+            deliveries.len() <= 3,
+            "{file} reads the queue and one day of deliveries: {plan:?}"
+        );
+    }
 
     // Keyset pagination over clinic 1's whole log: every call once, newest first.
     let total: i64 = sqlx::query_scalar(

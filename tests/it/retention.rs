@@ -1,8 +1,9 @@
-//! Retention of the attempt log by whole time partitions: maintenance makes
-//! partitions ahead, drops those wholly past `retention.keep` (and nothing
-//! else: deliveries and events stay), catches rows that found no partition,
-//! runs in one caller at a time, and the migration converts a log that has
-//! history under the unpartitioned schema without losing a row.
+//! Retention of the history by whole time partitions: maintenance makes
+//! partitions ahead, drops those of the log, of finished deliveries and of
+//! events wholly past `retention.keep` (never the queue, nor an event the
+//! queue needs), catches rows that found no partition, runs in one caller at
+//! a time, and the migrations convert a database that has history under the
+//! unpartitioned schema without losing a row.
 
 use std::borrow::Cow;
 
@@ -76,11 +77,21 @@ async fn maintenance_drops_whole_expired_partitions_and_nothing_that_is_still_li
         .await
         .expect("disable");
     let delivery = scalar(&db.pool, "SELECT id FROM webhooks.deliveries").await;
+    // A second endpoint got the same event, and that delivery is finished.
+    let other = support::endpoint(&db.pool, 1, "https://other.example/hook", "1.0").await;
+    sqlx::query(
+        "INSERT INTO webhooks.deliveries (event_id, endpoint_id, subject, state, attempts, finished_at)
+         SELECT event_id, $1, subject, 'succeeded', 1, now() FROM webhooks.deliveries",
+    )
+    .bind(other)
+    .execute(&db.pool)
+    .await
+    .expect("a finished delivery");
 
     // The migration made the partitions of the next days already.
     let ahead = scalar(
         &db.pool,
-        "SELECT count(*) FROM webhooks.attempt_partitions WHERE range_end > now() + interval '7 days'",
+        "SELECT count(*) FROM webhooks.history_partitions WHERE history = 'attempts' AND range_end > now() + interval '7 days'",
     )
     .await;
     assert!(ahead >= 1, "partitions are made ahead");
@@ -110,11 +121,13 @@ async fn maintenance_drops_whole_expired_partitions_and_nothing_that_is_still_li
     // No partition is older than the cutoff, and there are partitions ahead of "now".
     let stale = scalar(
         &db.pool,
-        "SELECT count(*) FROM webhooks.attempt_partitions WHERE range_end <= now() + interval '3 days'",
+        "SELECT count(*) FROM webhooks.history_partitions WHERE history = 'attempts' AND range_end <= now() + interval '3 days'",
     )
     .await;
     assert_eq!(stale, 0);
-    // The delivery that is still pending and its event are untouched.
+    // The delivery that is still pending and its event are kept: the event
+    // in events_default, listed in webhooks.kept_events. The finished
+    // delivery of the same event went with its day.
     let (state, has_event): (String, bool) = sqlx::query_as(
         "SELECT d.state::text, EXISTS (SELECT 1 FROM webhooks.events e WHERE e.id = d.event_id)
            FROM webhooks.deliveries d",
@@ -123,11 +136,63 @@ async fn maintenance_drops_whole_expired_partitions_and_nothing_that_is_still_li
     .await
     .expect("delivery");
     assert_eq!((state.as_str(), has_event), ("pending", true));
-
+    assert_eq!(report["events_kept_for_live_deliveries"], 1, "{report}");
+    let kept: (i64, i64) =
+        sqlx::query_as("SELECT count(*), sum(live_deliveries)::bigint FROM webhooks.kept_events")
+            .fetch_one(&db.pool)
+            .await
+            .expect("kept events");
+    assert_eq!(kept, (1, 1));
+    for history in ["deliveries", "events"] {
+        assert!(
+            dropped.iter().any(|name| name.starts_with(history)),
+            "{history}' partitions of today went: {report}"
+        );
+    }
     // Again at the same time: nothing left to do.
     let again = maintenance(&db.pool, 33).await;
     assert!(names(&again, "dropped").is_empty(), "{again}");
     assert!(names(&again, "created").is_empty(), "{again}");
+
+    // The endpoint comes back: the kept delivery is claimed with its event,
+    // and once it is finished, the next run lets both go.
+    sqlx::query("UPDATE webhooks.endpoints SET enabled = true WHERE id = $1")
+        .bind(endpoint)
+        .execute(&db.pool)
+        .await
+        .expect("enable");
+    let claimed: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT delivery_id, event_type FROM webhooks.claim_deliveries(10, 'test', 30, '{}', '{}')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("claim");
+    assert_eq!(claimed, [(delivery, "visit.created".to_owned())]);
+    sqlx::query(
+        "UPDATE webhooks.deliveries SET state = 'succeeded', finished_at = now(),
+                lease_expires_at = NULL, leased_by = NULL WHERE id = $1",
+    )
+    .bind(delivery)
+    .execute(&db.pool)
+    .await
+    .expect("finish");
+    let later = maintenance(&db.pool, 34).await;
+    assert_eq!(
+        later["expired_rows_deleted_from_default"]["deliveries"], 1,
+        "{later}"
+    );
+    assert_eq!(
+        later["expired_rows_deleted_from_default"]["events"], 1,
+        "{later}"
+    );
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM webhooks.deliveries").await,
+        0
+    );
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM webhooks.events").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -139,11 +204,11 @@ async fn a_call_with_no_partition_lands_in_the_default_one_and_moves_into_its_ow
     let partition = partition_of(&db.pool, far).await;
     assert_eq!(partition, "webhooks.attempts_default");
     let report = maintenance(&db.pool, 0).await;
-    assert_eq!(report["rows_in_default"], 1, "{report}");
+    assert_eq!(report["rows_in_default"]["attempts"], 1, "{report}");
 
     // Maintenance 95 days on makes the partition of day 100: the row moves in.
     let report = maintenance(&db.pool, 95).await;
-    assert_eq!(report["rows_in_default"], 0, "{report}");
+    assert_eq!(report["rows_in_default"]["attempts"], 0, "{report}");
     let partition = partition_of(&db.pool, far).await;
     assert_ne!(partition, "webhooks.attempts_default");
     assert_eq!(
@@ -228,6 +293,23 @@ async fn an_unpartitioned_log_with_history_converts_without_losing_a_row() {
     let logged = scalar(&db.pool, "SELECT count(*) FROM webhooks.delivery_log").await;
     assert_eq!(logged, 200);
     let max_id = scalar(&db.pool, "SELECT max(id) FROM webhooks.attempts").await;
+    // Half the deliveries finished, half still pending.
+    sqlx::query(
+        "UPDATE webhooks.deliveries SET state = 'succeeded', attempts = 4, finished_at = now()
+          WHERE id % 2 = 0",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("finish half");
+    let deliveries = "SELECT count(*)::bigint * 1000000 + sum(id)::bigint
+                           + sum(hashtext(event_id::text || state::text))
+                      FROM webhooks.deliveries";
+    let events = "SELECT count(*)::bigint * 1000000 + sum(hashtext(id::text || snapshot::text))
+                    FROM webhooks.events";
+    let (had_deliveries, had_events) = (
+        scalar(&db.pool, deliveries).await,
+        scalar(&db.pool, events).await,
+    );
 
     clinic_webhooks::db::migrate(&db.pool)
         .await
@@ -248,4 +330,87 @@ async fn an_unpartitioned_log_with_history_converts_without_losing_a_row() {
     );
     let next = attempt_at(&db.pool, 1, endpoint, 0).await;
     assert!(next > max_id, "{next} > {max_id}");
+
+    // Deliveries and events too: the queue copied into deliveries_live, the
+    // finished ones and the events attached as they were.
+    assert_eq!(scalar(&db.pool, deliveries).await, had_deliveries);
+    assert_eq!(scalar(&db.pool, events).await, had_events);
+    let placed: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tableoid::regclass::text, count(*) FROM webhooks.deliveries GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("where the deliveries are");
+    assert_eq!(
+        placed,
+        [
+            ("webhooks.deliveries_done_legacy".to_owned(), 25),
+            ("webhooks.deliveries_live".to_owned(), 25)
+        ]
+    );
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM webhooks.events WHERE tableoid = 'webhooks.events_legacy'::regclass"
+        )
+        .await,
+        50
+    );
+    let max_delivery = scalar(&db.pool, "SELECT max(id) FROM webhooks.deliveries").await;
+    support::visits(&db.pool, 1, 10, 1).await;
+    let (newest, partition): (i64, String) = sqlx::query_as(
+        "SELECT id, tableoid::regclass::text FROM webhooks.deliveries ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("newest delivery");
+    assert!(newest > max_delivery);
+    assert_eq!(partition, "webhooks.deliveries_live");
+}
+
+/// Sending a finished delivery again moves its row from the history back
+/// into the queue; a second redelivery racing the first (the row moved
+/// under it) looks again instead of failing with a serialization error.
+#[tokio::test]
+async fn concurrent_redeliveries_of_a_finished_delivery_both_succeed() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    support::endpoint(&db.pool, 1, "https://receiver.example/hook", "2.0").await;
+    support::visit(&db.pool, 1, 10).await;
+    let delivery = scalar(&db.pool, "SELECT id FROM webhooks.deliveries").await;
+    sqlx::query(
+        "UPDATE webhooks.deliveries SET state = 'failed', finished_at = now() WHERE id = $1",
+    )
+    .bind(delivery)
+    .execute(&db.pool)
+    .await
+    .expect("fail it");
+
+    let mut first = db.pool.begin().await.expect("begin");
+    let moved: Option<i64> = sqlx::query_scalar("SELECT webhooks.redeliver($1)")
+        .bind(delivery)
+        .fetch_one(&mut *first)
+        .await
+        .expect("first redelivery");
+    assert_eq!(moved, Some(delivery));
+    let pool = db.pool.clone();
+    let second = tokio::spawn(async move {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT webhooks.redeliver($1)")
+            .bind(delivery)
+            .fetch_one(&pool)
+            .await
+    });
+    // The second waits for the first's row lock; then the row has moved.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    first.commit().await.expect("commit");
+    let second = second.await.expect("join").expect("second redelivery");
+    assert_eq!(second, Some(delivery));
+    let partition: String = sqlx::query_scalar(
+        "SELECT tableoid::regclass::text FROM webhooks.deliveries WHERE id = $1",
+    )
+    .bind(delivery)
+    .fetch_one(&db.pool)
+    .await
+    .expect("partition");
+    assert_eq!(partition, "webhooks.deliveries_live");
 }

@@ -707,6 +707,14 @@ async fn record_success(
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs_f64();
+    let (event_id, event_type): (uuid::Uuid, String) = sqlx::query_as(
+        "SELECT ev.id, ev.type FROM webhooks.deliveries d
+           JOIN webhooks.events ev ON ev.id = d.event_id WHERE d.id = $1",
+    )
+    .bind(delivery)
+    .fetch_one(pool)
+    .await
+    .expect("the delivery's event");
     let bind = |sql: &'static str| {
         sqlx::query(sql)
             .bind(vec![delivery])
@@ -725,6 +733,8 @@ async fn record_success(
             .bind(vec![None::<&str>])
             .bind(vec![None::<&str>])
             .bind(vec![None::<f64>])
+            .bind(vec![event_id])
+            .bind(vec![event_type.clone()])
             .bind(worker)
     };
     let unmoved = bind(RECORD)

@@ -9,15 +9,26 @@ LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
 BEGIN
-    UPDATE webhooks.deliveries
-       SET state = 'pending',
-           next_attempt_at = now(),
-           retry_base = attempts,
-           finished_at = NULL
-     WHERE endpoint_id = p_endpoint_id
-       AND state = 'failed'
-       AND finished_at >= p_since;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    -- The deliveries move from deliveries_done back into the queue; a row
+    -- another transaction moved meanwhile is a serialization failure: again.
+    FOR try IN 1..10 LOOP
+        BEGIN
+            UPDATE webhooks.deliveries
+               SET state = 'pending',
+                   next_attempt_at = now(),
+                   retry_base = attempts,
+                   finished_at = NULL
+             WHERE endpoint_id = p_endpoint_id
+               AND state = 'failed'
+               AND finished_at >= p_since;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            EXIT;
+        EXCEPTION WHEN serialization_failure THEN
+            IF try = 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
     IF n > 0 THEN
         PERFORM pg_notify('clinic_webhooks', '');
     END IF;

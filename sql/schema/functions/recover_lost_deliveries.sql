@@ -33,8 +33,20 @@ BEGIN
      WHERE w.name <> p_worker
        AND w.lost_since < now() - make_interval(secs => p_grace_seconds);
 
-    SELECT t.worker_lost, t.lease_expired INTO worker_lost, lease_expired
-      FROM webhooks.take_back_deliveries(gone, p_worker) t;
+    -- A delivery whose result its worker records meanwhile moves to
+    -- deliveries_done, and PostgreSQL cannot follow the row to lock it (a
+    -- serialization failure): look again, with a new snapshot.
+    FOR try IN 1..10 LOOP
+        BEGIN
+            SELECT t.worker_lost, t.lease_expired INTO worker_lost, lease_expired
+              FROM webhooks.take_back_deliveries(gone, p_worker) t;
+            EXIT;
+        EXCEPTION WHEN serialization_failure THEN
+            IF try = 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
 
     DELETE FROM webhooks.workers w
      WHERE w.name = ANY (gone)

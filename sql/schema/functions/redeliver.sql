@@ -9,17 +9,30 @@ LANGUAGE plpgsql AS $$
 DECLARE
     found_id bigint;
 BEGIN
-    UPDATE webhooks.deliveries
-       SET state = 'pending',
-           next_attempt_at = now(),
-           retry_base = attempts,
-           finished_at = NULL
-     WHERE id = p_delivery_id
-       AND state <> 'delivering'
-    RETURNING id INTO found_id;
+    -- A finished delivery moves from deliveries_done back into the queue.
+    -- When another transaction moved the row meanwhile, PostgreSQL cannot
+    -- follow it and raises a serialization failure: look again.
+    FOR try IN 1..10 LOOP
+        BEGIN
+            UPDATE webhooks.deliveries
+               SET state = 'pending',
+                   next_attempt_at = now(),
+                   retry_base = attempts,
+                   finished_at = NULL
+             WHERE id = p_delivery_id
+               AND state <> 'delivering'
+            RETURNING id INTO found_id;
+            EXIT;
+        EXCEPTION WHEN serialization_failure THEN
+            IF try = 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
     IF found_id IS NULL THEN
         IF NOT EXISTS (SELECT 1 FROM webhooks.deliveries WHERE id = p_delivery_id) THEN
-            RAISE EXCEPTION 'no delivery with id %', p_delivery_id USING ERRCODE = 'no_data_found';
+            RAISE EXCEPTION 'no delivery with id % (past retention, or never made)', p_delivery_id
+                USING ERRCODE = 'no_data_found';
         END IF;
         RAISE NOTICE 'delivery % is in flight; it was left alone', p_delivery_id;
         RETURN NULL;

@@ -14,7 +14,7 @@ CREATE OR REPLACE FUNCTION webhooks.take_back_deliveries(p_gone text[], p_by tex
                                               OUT lease_expired integer)
 LANGUAGE sql AS $$
     WITH lost AS (
-        SELECT d.id, d.attempts, d.endpoint_id, d.leased_by,
+        SELECT d.id, d.attempts, d.endpoint_id, d.event_id, d.leased_by,
                d.leased_by = ANY (p_gone) AS gone
           FROM webhooks.deliveries d
          WHERE d.state = 'delivering'
@@ -33,9 +33,10 @@ LANGUAGE sql AS $$
          WHERE d.id = x.id
     ),
     logged AS (
-        INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, url,
-                                       outcome, error_kind, error, next_attempt_at, worker)
-        SELECT x.id, x.endpoint_id, x.attempts, now(), e.url, 'abandoned',
+        INSERT INTO webhooks.attempts (delivery_id, endpoint_id, event_id, event_type, attempt,
+                                       started_at, url, outcome, error_kind, error,
+                                       next_attempt_at, worker)
+        SELECT x.id, x.endpoint_id, x.event_id, ev.type, x.attempts, now(), e.url, 'abandoned',
                CASE WHEN x.gone THEN 'worker_lost' ELSE 'lease_expired' END,
                'worker ' || coalesce(x.leased_by, '?')
                    || CASE WHEN x.gone
@@ -45,6 +46,7 @@ LANGUAGE sql AS $$
                now(), p_by
           FROM lost x
           JOIN webhooks.endpoints e ON e.id = x.endpoint_id
+          LEFT JOIN webhooks.events ev ON ev.id = x.event_id
         RETURNING error_kind
     )
     SELECT (count(*) FILTER (WHERE error_kind = 'worker_lost'))::int,

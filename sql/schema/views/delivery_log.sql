@@ -1,17 +1,21 @@
 -- Current definition of webhooks.delivery_log, as the migrations leave it
 -- (tests/it/schema.rs checks the migrated database against this file).
 --
--- One row per HTTP call (and per attempt lost with its worker).
+-- One row per HTTP call (and per attempt lost with its worker). The clinic
+-- comes from the endpoint, the event from the call itself, so a call stays
+-- listed after retention dropped its delivery and event (its delivery_state
+-- is NULL then); calls logged before the event was stored with them look it
+-- up through their delivery.
 CREATE OR REPLACE VIEW webhooks.delivery_log AS
-SELECT a.id               AS attempt_id,
-       a.started_at       AS called_at,
-       ev.clinic_id,
-       c.code             AS clinic_code,
+SELECT a.id                             AS attempt_id,
+       a.started_at                     AS called_at,
+       ep.clinic_id,
+       c.code                           AS clinic_code,
        a.endpoint_id,
        a.url,
-       d.event_id,
-       ev.type            AS event_type,
-       d.id               AS delivery_id,
+       coalesce(a.event_id, d.event_id) AS event_id,
+       coalesce(a.event_type, ev.type)  AS event_type,
+       a.delivery_id,
        a.attempt,
        a.response_status,
        a.duration_ms,
@@ -19,8 +23,9 @@ SELECT a.id               AS attempt_id,
        a.error_kind,
        a.error,
        a.next_attempt_at,
-       d.state            AS delivery_state
+       d.state                          AS delivery_state
 FROM webhooks.attempts a
-JOIN webhooks.deliveries d ON d.id = a.delivery_id
-JOIN webhooks.events ev ON ev.id = d.event_id
-LEFT JOIN clinic.clinics c ON c.id = ev.clinic_id;
+JOIN webhooks.endpoints ep ON ep.id = a.endpoint_id
+LEFT JOIN webhooks.deliveries d ON d.id = a.delivery_id
+LEFT JOIN webhooks.events ev ON a.event_type IS NULL AND ev.id = d.event_id
+LEFT JOIN clinic.clinics c ON c.id = ep.clinic_id;
