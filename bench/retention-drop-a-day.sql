@@ -22,7 +22,7 @@ SELECT g, 1 + g % 50, 1, date_trunc('day', now()) + interval '2 days' + make_int
        '{"received":true}', 'succeeded', 'vm-1-abcd'
   FROM generate_series(1, 330000) g;
 ANALYZE webhooks.attempts;
-SELECT name, rows_estimate, pg_size_pretty(bytes) FROM webhooks.attempt_partitions WHERE rows_estimate > 0;
+SELECT name, rows_estimate, pg_size_pretty(bytes) FROM webhooks.history_partitions WHERE history = 'attempts' AND rows_estimate > 0;
 \timing on
 SELECT webhooks.run_maintenance('30 days', p_now => now() + interval '33 days') ->> 'dropped_rows_estimate' AS dropped_rows;
 \timing off

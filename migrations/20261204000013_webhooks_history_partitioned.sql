@@ -117,10 +117,17 @@ CREATE INDEX deliveries_failed_by_endpoint
 
 -- Attempts carry their event, so that the log's lists read the log alone ----
 
--- NULL in calls logged before this migration; the views and sql/log/ look
--- those up through their delivery.
-ALTER TABLE webhooks.attempts ADD COLUMN event_id uuid, ADD COLUMN event_type text;
--- The log by endpoint and event type (the panel's filter), newest first.
+-- Calls logged before this migration read as event_id NULL and event_type
+-- '' (a default stored once in the catalog: the log is not rewritten); the
+-- views and sql/log/ look their event up through their delivery.
+ALTER TABLE webhooks.attempts ADD COLUMN event_id uuid,
+                              ADD COLUMN event_type text NOT NULL DEFAULT '';
+ALTER TABLE webhooks.attempts ALTER COLUMN event_type DROP DEFAULT;
+-- One index serves the log by endpoint and by endpoint and type, newest
+-- first: the lists by endpoint and by clinic read it once per event type
+-- and merge (a second index by endpoint alone would cost every call
+-- another index entry).
+DROP INDEX webhooks.attempts_by_endpoint_time;
 CREATE INDEX attempts_by_endpoint_type_time ON webhooks.attempts (endpoint_id, event_type, started_at);
 
 -- Every partition of the three histories, with its time range (NULL start:
@@ -174,7 +181,7 @@ SELECT a.id                             AS attempt_id,
        a.endpoint_id,
        a.url,
        coalesce(a.event_id, d.event_id) AS event_id,
-       coalesce(a.event_type, ev.type)  AS event_type,
+       coalesce(nullif(a.event_type, ''), ev.type) AS event_type,
        a.delivery_id,
        a.attempt,
        a.response_status,
@@ -187,7 +194,7 @@ SELECT a.id                             AS attempt_id,
 FROM webhooks.attempts a
 JOIN webhooks.endpoints ep ON ep.id = a.endpoint_id
 LEFT JOIN webhooks.deliveries d ON d.id = a.delivery_id
-LEFT JOIN webhooks.events ev ON a.event_type IS NULL AND ev.id = d.event_id
+LEFT JOIN webhooks.events ev ON a.event_type = '' AND ev.id = d.event_id
 LEFT JOIN clinic.clinics c ON c.id = ep.clinic_id;
 
 CREATE OR REPLACE VIEW webhooks.delivery_log_detail AS
@@ -649,7 +656,8 @@ LANGUAGE sql AS $$
         INSERT INTO webhooks.attempts (delivery_id, endpoint_id, event_id, event_type, attempt,
                                        started_at, url, outcome, error_kind, error,
                                        next_attempt_at, worker)
-        SELECT x.id, x.endpoint_id, x.event_id, ev.type, x.attempts, now(), e.url, 'abandoned',
+        SELECT x.id, x.endpoint_id, x.event_id, coalesce(ev.type, ''), x.attempts, now(), e.url,
+               'abandoned',
                CASE WHEN x.gone THEN 'worker_lost' ELSE 'lease_expired' END,
                'worker ' || coalesce(x.leased_by, '?')
                    || CASE WHEN x.gone

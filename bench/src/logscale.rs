@@ -20,6 +20,14 @@ const CLINICS: i64 = 50;
 const ENDPOINTS_PER_CLINIC: i64 = 4;
 const FIRST_CLINIC: i64 = 1001;
 const RUNS: usize = 100;
+const EVENT_TYPES: [&str; 6] = [
+    "visit.created",
+    "visit.updated",
+    "visit.ended",
+    "visit.note.signed_and_sent",
+    "visit.invoice.processed",
+    "user.created",
+];
 
 /// A panel query: its file in `sql/log/` and how to fill its variables.
 pub struct PanelQuery {
@@ -28,7 +36,7 @@ pub struct PanelQuery {
     sql: &'static str,
 }
 
-pub const QUERIES: [PanelQuery; 6] = [
+pub const QUERIES: [PanelQuery; 7] = [
     PanelQuery {
         name: "calls_by_clinic",
         file: "sql/log/calls_by_clinic.sql",
@@ -38,6 +46,11 @@ pub const QUERIES: [PanelQuery; 6] = [
         name: "calls_by_endpoint",
         file: "sql/log/calls_by_endpoint.sql",
         sql: include_str!("../../sql/log/calls_by_endpoint.sql"),
+    },
+    PanelQuery {
+        name: "calls_by_event_type",
+        file: "sql/log/calls_by_event_type.sql",
+        sql: include_str!("../../sql/log/calls_by_event_type.sql"),
     },
     PanelQuery {
         name: "failed_calls_by_clinic",
@@ -141,6 +154,8 @@ pub struct LogScale {
     /// One run of webhooks.run_maintenance that drops the oldest day.
     pub retention_run_ms: f64,
     pub retention_dropped_rows: i64,
+    /// What the run reported (partitions dropped in each history, events kept).
+    pub retention_report: serde_json::Value,
     /// Dead tuples in schema webhooks after the run minus before it.
     pub retention_dead_tuples: i64,
 }
@@ -269,7 +284,10 @@ pub async fn run(db: &BenchDb, calls: i64, days: i64) -> Result<LogScale> {
         relations,
         log_bytes_per_call: log_bytes as f64 / logged.max(1) as f64,
         retention_run_ms,
-        retention_dropped_rows: report["dropped_rows_estimate"].as_i64().unwrap_or(-1),
+        retention_dropped_rows: report["dropped_rows_estimate"]["attempts"]
+            .as_i64()
+            .unwrap_or(-1),
+        retention_report: report,
         retention_dead_tuples: dead_after - dead_before,
     })
 }
@@ -301,20 +319,29 @@ async fn setup(db: &BenchDb) -> Result<Vec<i64>> {
     Ok(endpoints)
 }
 
-/// The log partition of the day `ago` days before today, as maintenance
-/// would have made it then.
+/// The partitions of the day `ago` days before today (of the log, of the
+/// finished deliveries and of the events), as maintenance would have made
+/// them then.
 async fn past_partition(db: &BenchDb, ago: i64) -> Result<()> {
     sqlx::query(AssertSqlSafe(format!(
         "DO $$
-         DECLARE day timestamptz := date_trunc('day', now()) - interval '{ago} days';
+         DECLARE
+           day timestamptz := date_trunc('day', now()) - interval '{ago} days';
+           suffix text := to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD\"_\"HH24MI');
          BEGIN
            EXECUTE format('CREATE TABLE IF NOT EXISTS webhooks.%I PARTITION OF webhooks.attempts FOR VALUES FROM (%L) TO (%L)',
-                          'attempts_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD\"_\"HH24MI'), day, day + interval '1 day');
+                          'attempts_' || suffix, day, day + interval '1 day');
+           EXECUTE format('CREATE TABLE IF NOT EXISTS webhooks.%I PARTITION OF webhooks.deliveries_done FOR VALUES FROM (%L) TO (%L)',
+                          'deliveries_done_' || suffix, webhooks.uuid_v7_bound(day),
+                          webhooks.uuid_v7_bound(day + interval '1 day'));
+           EXECUTE format('CREATE TABLE IF NOT EXISTS webhooks.%I PARTITION OF webhooks.events FOR VALUES FROM (%L) TO (%L)',
+                          'events_' || suffix, webhooks.uuid_v7_bound(day),
+                          webhooks.uuid_v7_bound(day + interval '1 day'));
          END $$"
     )))
     .execute(&db.pool)
     .await
-    .context("a partition of the past")?;
+    .context("the partitions of a past day")?;
     Ok(())
 }
 
@@ -324,8 +351,10 @@ async fn fill_day(db: &BenchDb, endpoints: &[i64], ago: i64, calls: i64) -> Resu
     let deliveries = calls * 5 / 6;
     sqlx::query(
         r#"WITH ev AS (
-             INSERT INTO webhooks.events (type, clinic_id, subject, snapshot, created_at)
-             SELECT (ARRAY['visit.created', 'visit.updated', 'visit.ended', 'visit.note.signed_and_sent',
+             INSERT INTO webhooks.events (id, type, clinic_id, subject, snapshot, created_at)
+             SELECT webhooks.uuid_v7_at(date_trunc('day', now()) - make_interval(days => $5::int)
+                                        + make_interval(secs => g * 86400.0 / $1)),
+                    (ARRAY['visit.created', 'visit.updated', 'visit.ended', 'visit.note.signed_and_sent',
                            'visit.invoice.processed', 'user.created'])[1 + g % 6],
                     $3 + g % $4, 'visit:' || ($5 * 1000000 + g),
                     jsonb_build_object('visit', jsonb_build_object('id', g, 'member_id', 60610, 'provider_id', NULL,
@@ -333,7 +362,7 @@ async fn fill_day(db: &BenchDb, endpoints: &[i64], ago: i64, calls: i64) -> Resu
                         'status_updated_by', 60610), 'clinic_code', 'clinic-' || ($3 + g % $4)),
                     date_trunc('day', now()) - make_interval(days => $5::int) + make_interval(secs => g * 86400.0 / $1)
                FROM generate_series(1, $1) g
-             RETURNING id, clinic_id, subject, created_at
+             RETURNING id, type, clinic_id, subject, created_at
            ),
            dl AS (
              INSERT INTO webhooks.deliveries (event_id, endpoint_id, subject, state, attempts,
@@ -345,10 +374,11 @@ async fn fill_day(db: &BenchDb, endpoints: &[i64], ago: i64, calls: i64) -> Resu
                FROM ev
              RETURNING id, event_id, endpoint_id, created_at
            )
-           INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, duration_ms, url,
+           INSERT INTO webhooks.attempts (delivery_id, endpoint_id, event_id, event_type, attempt,
+                                          started_at, duration_ms, url,
                                           request_headers, request_body, response_status, response_headers,
                                           response_body, outcome, error_kind, error, next_attempt_at, worker)
-           SELECT dl.id, dl.endpoint_id, n, dl.created_at + make_interval(secs => n - 1), 40 + (dl.id % 200),
+           SELECT dl.id, dl.endpoint_id, dl.event_id, ev.type, n, dl.created_at + make_interval(secs => n - 1), 40 + (dl.id % 200),
                   'https://hooks.example.com/webhooks',
                   jsonb_build_object('content-type', 'application/json', 'user-agent', 'clinic-webhooks/0.1.0',
                                      'accept', '*/*', 'webhook-id', dl.event_id::text,
@@ -366,7 +396,8 @@ async fn fill_day(db: &BenchDb, endpoints: &[i64], ago: i64, calls: i64) -> Resu
                   CASE WHEN n = 2 OR dl.id % 5 <> 0 THEN NULL ELSE 'HTTP 503' END,
                   CASE WHEN n = 2 OR dl.id % 5 <> 0 THEN NULL ELSE dl.created_at + interval '5 seconds' END,
                   'bench-logscale'
-             FROM dl CROSS JOIN LATERAL generate_series(1, CASE WHEN dl.id % 5 = 0 THEN 2 ELSE 1 END) n"#,
+             FROM dl JOIN ev ON ev.id = dl.event_id
+            CROSS JOIN LATERAL generate_series(1, CASE WHEN dl.id % 5 = 0 THEN 2 ELSE 1 END) n"#,
     )
     .bind(deliveries)
     .bind(endpoints)
@@ -415,6 +446,12 @@ async fn variables(
     Ok(match name {
         "calls_by_clinic" | "failed_calls_by_clinic" => page("clinic_id", clinic),
         "calls_by_endpoint" => page("endpoint_id", endpoint),
+        "calls_by_event_type" => {
+            let mut vars = page("clinic_id", clinic);
+            let event_type = EVENT_TYPES[fastrand::usize(0..EVENT_TYPES.len())];
+            vars.push(("event_type", Var::Text(event_type.to_owned())));
+            vars
+        }
         "calls_of_delivery" => vec![(
             "delivery_id",
             Var::Int(fastrand::i64(deliveries.0..=deliveries.1)),

@@ -3,8 +3,10 @@
 --   psql -v clinic_id=1 -v limit=50 -f sql/log/calls_by_clinic.sql
 -- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
 -- Each of the clinic's endpoints is read newest first on
--- webhooks.attempts_by_endpoint_time, in the partitions up to before_at only,
--- and their pages merged. The log alone answers: each call carries its event.
+-- webhooks.attempts_by_endpoint_type_time, once per event type (and once for
+-- '', the type of calls logged before calls carried their event), in the
+-- partitions up to before_at only, and the pages merged. The log alone
+-- answers: each call carries its event.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
 \if :{?before_id} \else \set before_id 9223372036854775807 \endif
 SELECT a.id AS attempt_id,
@@ -15,9 +17,10 @@ SELECT a.id AS attempt_id,
        -- carried their event (what the migration to partitions kept).
        coalesce(a.event_id, (SELECT d.event_id FROM webhooks.deliveries d
                               WHERE d.id = a.delivery_id)) AS event_id,
-       coalesce(a.event_type, (SELECT ev.type FROM webhooks.deliveries d
-                                 JOIN webhooks.events ev ON ev.id = d.event_id
-                                WHERE d.id = a.delivery_id)) AS event_type,
+       coalesce(nullif(a.event_type, ''),
+                (SELECT ev.type FROM webhooks.deliveries d
+                   JOIN webhooks.events ev ON ev.id = d.event_id
+                  WHERE d.id = a.delivery_id)) AS event_type,
        a.attempt,
        a.response_status,
        round(a.duration_ms::numeric, 1) AS duration_ms,
@@ -27,10 +30,12 @@ SELECT a.id AS attempt_id,
        a.next_attempt_at
   FROM (SELECT page.*
           FROM webhooks.endpoints e
+         CROSS JOIN unnest(webhooks.event_types() || ''::text) AS t (event_type)
          CROSS JOIN LATERAL (
                 SELECT x.*
                   FROM webhooks.attempts x
                  WHERE x.endpoint_id = e.id
+                   AND x.event_type = t.event_type
                    AND x.started_at <= :before_at::timestamptz
                    AND (x.started_at < :before_at::timestamptz OR x.id < :before_id)
                  ORDER BY x.started_at DESC, x.id DESC

@@ -1,8 +1,9 @@
 -- The log of one endpoint, newest first, a page at a time (keyset).
 --   psql -v endpoint_id=7 -v limit=50 -f sql/log/calls_by_endpoint.sql
 -- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
--- Served by webhooks.attempts_by_endpoint_time, in the partitions up to
--- before_at only.
+-- Served by webhooks.attempts_by_endpoint_type_time, in the partitions up to
+-- before_at only: read newest first once per event type (and once for ''
+-- the type of calls logged before calls carried their event), and merged.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
 \if :{?before_id} \else \set before_id 9223372036854775807 \endif
 SELECT a.id AS attempt_id,
@@ -12,9 +13,10 @@ SELECT a.id AS attempt_id,
        -- carried their event (what the migration to partitions kept).
        coalesce(a.event_id, (SELECT d.event_id FROM webhooks.deliveries d
                               WHERE d.id = a.delivery_id)) AS event_id,
-       coalesce(a.event_type, (SELECT ev.type FROM webhooks.deliveries d
-                                 JOIN webhooks.events ev ON ev.id = d.event_id
-                                WHERE d.id = a.delivery_id)) AS event_type,
+       coalesce(nullif(a.event_type, ''),
+                (SELECT ev.type FROM webhooks.deliveries d
+                   JOIN webhooks.events ev ON ev.id = d.event_id
+                  WHERE d.id = a.delivery_id)) AS event_type,
        a.attempt,
        a.response_status,
        round(a.duration_ms::numeric, 1) AS duration_ms,
@@ -22,11 +24,17 @@ SELECT a.id AS attempt_id,
        a.error_kind,
        a.error,
        a.next_attempt_at
-  FROM (SELECT x.*
-          FROM webhooks.attempts x
-         WHERE x.endpoint_id = :endpoint_id
-           AND x.started_at <= :before_at::timestamptz
-           AND (x.started_at < :before_at::timestamptz OR x.id < :before_id)
-         ORDER BY x.started_at DESC, x.id DESC
+  FROM (SELECT page.*
+          FROM unnest(webhooks.event_types() || ''::text) AS t (event_type)
+         CROSS JOIN LATERAL (
+                SELECT x.*
+                  FROM webhooks.attempts x
+                 WHERE x.endpoint_id = :endpoint_id
+                   AND x.event_type = t.event_type
+                   AND x.started_at <= :before_at::timestamptz
+                   AND (x.started_at < :before_at::timestamptz OR x.id < :before_id)
+                 ORDER BY x.started_at DESC, x.id DESC
+                 LIMIT :limit) page
+         ORDER BY page.started_at DESC, page.id DESC
          LIMIT :limit) a
  ORDER BY a.started_at DESC, a.id DESC;

@@ -5,8 +5,8 @@
 -- Each of the clinic's endpoints is read newest first on
 -- webhooks.attempts_by_endpoint_type_time, in the partitions up to before_at
 -- only, and their pages merged. Calls logged before calls carried their
--- event type (history the migration to partitions kept) are not found by
--- type: they age out with retention.
+-- event type (history the migration to partitions kept, type '') are not
+-- found by type: they age out with retention.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
 \if :{?before_id} \else \set before_id 9223372036854775807 \endif
 SELECT a.id AS attempt_id,

@@ -15,9 +15,10 @@ SELECT a.id AS attempt_id,
        -- carried their event (what the migration to partitions kept).
        coalesce(a.event_id, (SELECT d.event_id FROM webhooks.deliveries d
                               WHERE d.id = a.delivery_id)) AS event_id,
-       coalesce(a.event_type, (SELECT ev.type FROM webhooks.deliveries d
-                                 JOIN webhooks.events ev ON ev.id = d.event_id
-                                WHERE d.id = a.delivery_id)) AS event_type,
+       coalesce(nullif(a.event_type, ''),
+                (SELECT ev.type FROM webhooks.deliveries d
+                   JOIN webhooks.events ev ON ev.id = d.event_id
+                  WHERE d.id = a.delivery_id)) AS event_type,
        a.attempt,
        a.response_status,
        round(a.duration_ms::numeric, 1) AS duration_ms,

@@ -28,9 +28,9 @@ async fn maintenance(pool: &PgPool, now_plus_days: i32) -> Value {
 /// Appends a call to the log of `delivery`, started `days` from now.
 async fn attempt_at(pool: &PgPool, delivery: i64, endpoint: i64, days: i32) -> i64 {
     sqlx::query_scalar(
-        "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, url,
-                                        request_headers, request_body, response_status, outcome)
-         VALUES ($1, $2, 1, now() + make_interval(days => $3), 'https://receiver.example/hook',
+        "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, event_type, attempt, started_at,
+                                        url, request_headers, request_body, response_status, outcome)
+         VALUES ($1, $2, 'visit.created', 1, now() + make_interval(days => $3), 'https://receiver.example/hook',
                  '{\"content-type\": \"application/json\"}', '{}', 200, 'succeeded')
          RETURNING id",
     )

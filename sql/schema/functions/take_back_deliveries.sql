@@ -36,7 +36,8 @@ LANGUAGE sql AS $$
         INSERT INTO webhooks.attempts (delivery_id, endpoint_id, event_id, event_type, attempt,
                                        started_at, url, outcome, error_kind, error,
                                        next_attempt_at, worker)
-        SELECT x.id, x.endpoint_id, x.event_id, ev.type, x.attempts, now(), e.url, 'abandoned',
+        SELECT x.id, x.endpoint_id, x.event_id, coalesce(ev.type, ''), x.attempts, now(), e.url,
+               'abandoned',
                CASE WHEN x.gone THEN 'worker_lost' ELSE 'lease_expired' END,
                'worker ' || coalesce(x.leased_by, '?')
                    || CASE WHEN x.gone

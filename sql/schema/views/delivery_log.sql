@@ -14,7 +14,7 @@ SELECT a.id                             AS attempt_id,
        a.endpoint_id,
        a.url,
        coalesce(a.event_id, d.event_id) AS event_id,
-       coalesce(a.event_type, ev.type)  AS event_type,
+       coalesce(nullif(a.event_type, ''), ev.type) AS event_type,
        a.delivery_id,
        a.attempt,
        a.response_status,
@@ -27,5 +27,5 @@ SELECT a.id                             AS attempt_id,
 FROM webhooks.attempts a
 JOIN webhooks.endpoints ep ON ep.id = a.endpoint_id
 LEFT JOIN webhooks.deliveries d ON d.id = a.delivery_id
-LEFT JOIN webhooks.events ev ON a.event_type IS NULL AND ev.id = d.event_id
+LEFT JOIN webhooks.events ev ON a.event_type = '' AND ev.id = d.event_id
 LEFT JOIN clinic.clinics c ON c.id = ep.clinic_id;
