@@ -10,9 +10,9 @@
 \set ON_ERROR_STOP 1
 INSERT INTO clinic.clinics (id, code, name) VALUES (1, 'c1', 'c1');
 -- ~330,000 calls on one day, with log rows of realistic size.
-INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, duration_ms, url,
+INSERT INTO webhooks.attempts (delivery_id, endpoint_id, event_type, attempt, started_at, duration_ms, url,
         request_headers, request_body, response_status, response_headers, response_body, outcome, worker)
-SELECT g, 1 + g % 50, 1, date_trunc('day', now()) + interval '2 days' + make_interval(secs => g * 0.26), 12.5,
+SELECT g, 1 + g % 50, 'visit.updated', 1, date_trunc('day', now()) + interval '2 days' + make_interval(secs => g * 0.26), 12.5,
        'https://hooks.example.com/clinic/webhooks',
        jsonb_build_object('content-type', 'application/json', 'user-agent', 'clinic-webhooks/0.1.0',
                           'webhook-id', gen_random_uuid()::text, 'webhook-timestamp', '1796322737',

@@ -117,9 +117,8 @@ CREATE INDEX deliveries_failed_by_endpoint
 
 -- Attempts carry their event, so that the log's lists read the log alone ----
 
--- Calls logged before this migration read as event_id NULL and event_type
--- '' (a default stored once in the catalog: the log is not rewritten); the
--- views and sql/log/ look their event up through their delivery.
+-- Calls logged before this migration get their event below, once the
+-- deliveries and events are in place.
 ALTER TABLE webhooks.attempts ADD COLUMN event_id uuid,
                               ADD COLUMN event_type text NOT NULL DEFAULT '';
 ALTER TABLE webhooks.attempts ALTER COLUMN event_type DROP DEFAULT;
@@ -171,8 +170,7 @@ SELECT ev.id                 AS event_id,
 -- One row per HTTP call (and per attempt lost with its worker). The clinic
 -- comes from the endpoint, the event from the call itself, so a call stays
 -- listed after retention dropped its delivery and event (its delivery_state
--- is NULL then); calls logged before the event was stored with them look it
--- up through their delivery.
+-- is NULL then).
 CREATE OR REPLACE VIEW webhooks.delivery_log AS
 SELECT a.id                             AS attempt_id,
        a.started_at                     AS called_at,
@@ -180,8 +178,8 @@ SELECT a.id                             AS attempt_id,
        c.code                           AS clinic_code,
        a.endpoint_id,
        a.url,
-       coalesce(a.event_id, d.event_id) AS event_id,
-       coalesce(nullif(a.event_type, ''), ev.type) AS event_type,
+       a.event_id,
+       a.event_type,
        a.delivery_id,
        a.attempt,
        a.response_status,
@@ -194,7 +192,6 @@ SELECT a.id                             AS attempt_id,
 FROM webhooks.attempts a
 JOIN webhooks.endpoints ep ON ep.id = a.endpoint_id
 LEFT JOIN webhooks.deliveries d ON d.id = a.delivery_id
-LEFT JOIN webhooks.events ev ON a.event_type = '' AND ev.id = d.event_id
 LEFT JOIN clinic.clinics c ON c.id = ep.clinic_id;
 
 CREATE OR REPLACE VIEW webhooks.delivery_log_detail AS
@@ -302,6 +299,18 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Calls logged before this migration get their event, looked up once here
+-- through their delivery, so that the log's lists never have to. (This
+-- writes each earlier call once more: time and WAL in proportion to the
+-- log before the upgrade.)
+UPDATE webhooks.attempts a
+   SET event_id = d.event_id,
+       event_type = ev.type
+  FROM webhooks.deliveries d
+  JOIN webhooks.events ev ON ev.id = d.event_id
+ WHERE d.id = a.delivery_id
+   AND a.event_type = '';
 
 -- Partition maintenance and retention of the three histories; see
 -- sql/schema/functions/run_maintenance.sql for what it does.

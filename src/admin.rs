@@ -1,4 +1,4 @@
-//! Operator commands over SQL: `status` and `redeliver`. The statements are
+//! Operator commands over SQL: `status`, `redeliver` and `send-test`. The statements are
 //! the files under `sql/admin`, the same ones a DBA runs with psql, checked
 //! against the schema at compile time.
 
@@ -34,18 +34,24 @@ impl From<sqlx::Error> for AdminError {
     }
 }
 
-#[derive(Debug)]
+/// One endpoint's line of `status` (`sql/admin/status.sql`).
+#[derive(Debug, serde::Serialize)]
 pub struct EndpointStatus {
     pub endpoint_id: i64,
     pub clinic_id: i64,
+    pub url: String,
     pub version: String,
     pub enabled: bool,
-    pub disabled_reason: Option<String>,
     pub pending: i64,
-    pub due_now: i64,
-    pub delivering: i64,
+    pub due: i64,
+    pub in_flight: i64,
     pub failed: i64,
-    pub oldest_pending_s: Option<i64>,
+    /// Seconds the oldest due delivery has been due.
+    pub oldest_due_s: Option<i64>,
+    /// RFC 3339, UTC.
+    pub failing_since: Option<String>,
+    pub disabled_reason: Option<String>,
+    pub blocked_lanes: i64,
 }
 
 pub async fn status(pool: &PgPool) -> Result<Vec<EndpointStatus>> {
@@ -54,38 +60,57 @@ pub async fn status(pool: &PgPool) -> Result<Vec<EndpointStatus>> {
         .await?)
 }
 
+/// `status` as one JSON document, for scripts and monitoring.
+pub fn status_json(rows: &[EndpointStatus]) -> serde_json::Value {
+    serde_json::json!({ "endpoints": rows })
+}
+
 /// Renders `status` as a table for a terminal.
 pub fn format_status(rows: &[EndpointStatus]) -> String {
     let mut out = format!(
-        "{:>8} {:>7} {:>4} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10}  {}\n",
+        "{:>8} {:>7} {:>4} {:>7} {:>8} {:>6} {:>9} {:>7} {:>10} {:>7}  {:<20}  {}\n",
         "endpoint",
         "clinic",
         "ver",
         "enabled",
         "pending",
-        "due now",
-        "delivering",
+        "due",
+        "in flight",
         "failed",
-        "oldest(s)",
+        "oldest due",
+        "blocked",
+        "failing since",
         "disabled reason"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:>8} {:>7} {:>4} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10}  {}\n",
+            "{:>8} {:>7} {:>4} {:>7} {:>8} {:>6} {:>9} {:>7} {:>10} {:>7}  {:<20}  {}\n",
             r.endpoint_id,
             r.clinic_id,
             r.version,
             r.enabled,
             r.pending,
-            r.due_now,
-            r.delivering,
+            r.due,
+            r.in_flight,
             r.failed,
-            r.oldest_pending_s
-                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            r.oldest_due_s
+                .map_or_else(|| "-".to_owned(), |s| format!("{s}s")),
+            r.blocked_lanes,
+            r.failing_since.as_deref().unwrap_or("-"),
             r.disabled_reason.as_deref().unwrap_or("")
         ));
     }
     out
+}
+
+/// Sends endpoint `endpoint` a test event of `event_type` (its first
+/// subscribed type when `None`); returns the event id (the webhook-id).
+pub async fn send_test(pool: &PgPool, endpoint: i64, event_type: Option<&str>) -> Result<Uuid> {
+    Ok(
+        sqlx::query_file_scalar!("sql/admin/send_test.sql", endpoint, event_type)
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// What to send again.

@@ -2,6 +2,7 @@
 //! an optional file, then `CLINIC_WEBHOOKS__SECTION__KEY` environment
 //! variables, validated into typed structs. Errors name the offending key.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub health: HealthSettings,
     pub retention: RetentionSettings,
+    pub ops: OpsSettings,
     pub log: LogSettings,
 }
 
@@ -91,6 +93,10 @@ pub struct HttpSettings {
     pub timeout: Duration,
     pub max_response_body: usize,
     pub allow_private_targets: bool,
+    /// Exact IP-literal targets (address and port) allowed although they
+    /// are not public, with `allow_private_targets` off: the demo's own
+    /// receiver, say. Nothing else on those hosts is reachable.
+    pub allowed_targets: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +126,36 @@ pub struct RetentionSettings {
     pub ahead: u32,
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSettings {
+    /// Where the operations listener (/healthz, /readyz, /metrics) listens:
+    /// empty for off, a port for 127.0.0.1:port, or address:port.
+    pub listen: String,
+}
+
+impl OpsSettings {
+    /// The address to listen on, if the listener is on.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(port) = listen.parse::<u16>() {
+            return Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        listen
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|e| ConfigError::Key {
+                key: "ops.listen",
+                reason: format!(
+                    "{listen:?} is not a port or an address:port such as 127.0.0.1:9187 ({e})"
+                ),
+            })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -280,6 +316,7 @@ impl Settings {
                 "must be greater than 0 and at most retention.partition, so that a partition is always made before it is needed",
             );
         }
+        self.ops.listen_addr()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", e.to_string());
         }

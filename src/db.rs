@@ -34,6 +34,16 @@ pub fn migrator() -> Migrator {
     migrator
 }
 
+/// The newest migration this binary carries.
+pub fn latest_migration() -> i64 {
+    migrator()
+        .migrations
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Where a URL points, without its password, for messages.
 pub fn describe(options: &PgConnectOptions) -> String {
     format!(

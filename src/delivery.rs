@@ -184,6 +184,7 @@ pub struct Sender {
     client: reqwest::Client,
     max_body: usize,
     allow_private: bool,
+    allowed_targets: std::sync::Arc<[std::net::SocketAddr]>,
 }
 
 impl Sender {
@@ -207,6 +208,7 @@ impl Sender {
             client,
             max_body: http.max_response_body,
             allow_private: http.allow_private_targets,
+            allowed_targets: http.allowed_targets.clone().into(),
         })
     }
 
@@ -256,7 +258,7 @@ impl Sender {
             kind: ErrorKind::Internal,
             message: format!("endpoint URL does not parse: {e}"),
         })?;
-        check_literal(&parsed, self.allow_private).map_err(|e| Failure {
+        check_literal(&parsed, self.allow_private, &self.allowed_targets).map_err(|e| Failure {
             kind: ErrorKind::RefusedTarget,
             message: e.to_string(),
         })?;

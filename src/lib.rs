@@ -10,7 +10,10 @@
 //! retry policy), `pipeline` (render, sign, send, decide, record), `queue`
 //! (claiming, apalis backend), `recorder` (batched log writes), `presence`
 //! (the worker's lock and LISTEN connection), `worker` (wiring, recovery,
-//! shutdown), `admin` (status, redeliver), `telemetry`. The workspace beside
+//! shutdown), `maintenance` (partitions and retention), `ops` (the
+//! operations listener: health, readiness, metrics), `instruments` (every
+//! metric), `demo` (the first-run demo), `admin` (status, redeliver, test
+//! sends), `telemetry` (logging). The workspace beside
 //! it: `bench/` (the benchmark) and `test-support/` (the HTTP receiver and
 //! helpers the integration tests and the benchmark share).
 
@@ -19,8 +22,11 @@ pub mod config;
 pub mod db;
 pub mod decision;
 pub mod delivery;
+pub mod demo;
 pub mod embedded;
+pub mod instruments;
 pub mod maintenance;
+pub mod ops;
 pub mod payload;
 pub mod pipeline;
 pub mod presence;

@@ -39,10 +39,28 @@ enum Command {
     Migrate,
     /// Deliver webhooks until SIGTERM/SIGINT.
     Run,
-    /// Deliveries by state per endpoint.
-    Status,
+    /// Try it: a local receiver, a demo clinic with a v1 and a v2 endpoint,
+    /// a visit's whole life delivered and logged (on the embedded database
+    /// unless one is configured); about ten seconds.
+    Demo,
+    /// Per endpoint: pending, due, in flight, failed, oldest due age,
+    /// failing since, disabled reason, blocked lanes.
+    Status {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a delivery, an event, or an endpoint's failures again.
     Redeliver(RedeliverArgs),
+    /// Send an endpoint an example event, marked as a test in the log.
+    SendTest {
+        /// The endpoint (webhooks.endpoints.id).
+        #[arg(long)]
+        endpoint: i64,
+        /// The event type (default: the endpoint's first subscribed type).
+        #[arg(long = "event")]
+        event_type: Option<String>,
+    },
     /// Run log maintenance now: create partitions ahead, drop those past
     /// `retention.keep`; prints the report (JSON).
     Maintenance,
@@ -90,7 +108,11 @@ async fn main() -> Result<()> {
         let default = PathBuf::from("config.toml");
         default.exists().then_some(default)
     });
-    let settings = Settings::from_env(config_file.as_deref())?;
+    let mut settings = Settings::from_env(config_file.as_deref())?;
+    if matches!(cli.command, Command::Demo) {
+        // The demo prints its own story; only problems go to the log.
+        settings.log.level = "warn".to_owned();
+    }
     telemetry::init(&settings.log);
 
     let (pool, cluster) = connect(&settings).await?;
@@ -101,9 +123,27 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Run => run(&settings, pool.clone()).await,
-        Command::Status => {
+        Command::Demo => {
+            let explore = cluster
+                .as_ref()
+                .map_or_else(|| psql_hint(&pool), Cluster::psql_hint);
+            clinic_webhooks::demo::run(&settings, pool.clone(), &explore).await
+        }
+        Command::Status { json } => {
             let rows = admin::status(&pool).await?;
-            print!("{}", admin::format_status(&rows));
+            if json {
+                println!("{:#}", admin::status_json(&rows));
+            } else {
+                print!("{}", admin::format_status(&rows));
+            }
+            Ok(())
+        }
+        Command::SendTest {
+            endpoint,
+            event_type,
+        } => {
+            let event = admin::send_test(&pool, endpoint, event_type.as_deref()).await?;
+            println!("test event {event} queued for endpoint {endpoint}");
             Ok(())
         }
         Command::Maintenance => {
@@ -124,6 +164,18 @@ async fn main() -> Result<()> {
         tracing::warn!(error = %err, "could not stop the embedded PostgreSQL");
     }
     result
+}
+
+/// The psql command that opens the configured database (no password).
+fn psql_hint(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "psql -h {} -p {} -U {} {}",
+        options.get_host(),
+        options.get_port(),
+        options.get_username(),
+        options.get_database().unwrap_or("postgres")
+    )
 }
 
 /// The configured database, or the embedded default when none is.

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use crate::decision::{self, Decision, Outcome, RetryPolicy};
 use crate::delivery::{CallRecord, Sender, SignedRequest};
+use crate::instruments;
 use crate::payload::{self, EventRef, Version};
 use crate::queue::{ClaimedDelivery, Job};
 use crate::recorder::{AttemptResult, Recorder, RecorderStopped};
@@ -37,6 +38,9 @@ impl Pipeline {
         let Decision { outcome, retry_in } =
             decision::decide(&call, position, &self.policy, fastrand::f64());
         log_attempt(d, &call, outcome);
+        let error_kind = call.failure.as_ref().map(|f| f.kind.as_str());
+        let duration = call.duration;
+        let (event_id, event_type, version) = (d.event_id, d.event_type.clone(), d.version.clone());
 
         let committed = self
             .recorder
@@ -57,6 +61,17 @@ impl Pipeline {
         let call_over = job.call_over();
         committed.wait().await?;
         drop(call_over);
+        // Counted once logged, so that the metrics and the log agree.
+        instruments::attempt(
+            outcome.as_str(),
+            error_kind,
+            &event_type,
+            &version,
+            duration,
+        );
+        if outcome == Outcome::Succeeded {
+            instruments::delivered(event_id);
+        }
         Ok(())
     }
 }

@@ -79,6 +79,11 @@ impl Presence {
         self.listening.load(Ordering::Relaxed)
     }
 
+    /// The flag behind `is_listening`, for readiness.
+    pub fn listening(&self) -> Arc<AtomicBool> {
+        self.listening.clone()
+    }
+
     /// Waits for the task to end (after its stop token was cancelled); the
     /// lock goes with the connection.
     pub async fn stopped(self) {

@@ -21,7 +21,10 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use crate::config::WorkerSettings;
 use crate::db::{Connectivity, is_transient};
+use crate::instruments;
+use crate::ops::Readiness;
 
 /// The NOTIFY channel the triggers and redelivery functions signal.
 pub const CHANNEL: &str = "clinic_webhooks";
@@ -162,6 +165,7 @@ pub struct Claimer {
     finished: FinishedCalls,
     pacing: Pacing,
     connectivity: Arc<Connectivity>,
+    readiness: Arc<Readiness>,
 }
 
 /// How soon to look again after a claim that found work. The triggers let
@@ -248,29 +252,31 @@ impl Pacing {
 }
 
 impl Claimer {
+    /// Claims for `worker` with `settings`' lease, poll interval and
+    /// concurrency; reports to `connectivity` and `readiness`.
     pub fn new(
         pool: PgPool,
         worker: String,
-        lease: Duration,
-        poll_interval: Duration,
-        concurrency: usize,
+        settings: &WorkerSettings,
         wake: Arc<Notify>,
         connectivity: Arc<Connectivity>,
+        readiness: Arc<Readiness>,
     ) -> Self {
         Self {
             pool,
             worker,
-            lease,
-            slots: Arc::new(Semaphore::new(concurrency)),
-            concurrency,
+            lease: settings.lease,
+            slots: Arc::new(Semaphore::new(settings.concurrency)),
+            concurrency: settings.concurrency,
             finished: FinishedCalls {
                 calls: Arc::default(),
                 wake: wake.clone(),
             },
             wake,
             buffer: Arc::default(),
-            pacing: Pacing::new(poll_interval),
+            pacing: Pacing::new(settings.poll_interval),
             connectivity,
+            readiness,
         }
     }
 
@@ -299,10 +305,19 @@ impl Claimer {
                     tokio::time::sleep_until(at.into()).await;
                 }
             }
+            self.readiness.waiting_for_slots(true);
             let slots = self.take_free_slots().await;
+            self.readiness.waiting_for_slots(false);
             let wanted = slots.len();
             let started = Instant::now();
-            match self.claim(wanted).await {
+            let claimed = self.claim(wanted).await;
+            self.readiness.claimed(claimed.is_ok());
+            instruments::claim(
+                claimed.is_ok(),
+                started.elapsed(),
+                claimed.as_ref().map_or(0, Vec::len),
+            );
+            match claimed {
                 Ok(rows) => {
                     tracing::debug!(
                         wanted,

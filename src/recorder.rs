@@ -17,6 +17,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::db::{Connectivity, is_transient};
 use crate::decision::Outcome;
 use crate::delivery::CallRecord;
+use crate::instruments;
 
 /// One finished call and what happens to its delivery next.
 #[derive(Debug)]
@@ -192,7 +193,9 @@ impl Writer {
         let mut backoff = Duration::from_millis(50);
         loop {
             let began = Instant::now();
-            match self.write(batch).await {
+            let written = self.write(batch).await;
+            instruments::log_write(written.is_ok(), began.elapsed(), batch.len());
+            match written {
                 Ok(late) => {
                     self.connectivity.ok();
                     warn_late(&late);

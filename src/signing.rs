@@ -41,6 +41,12 @@ impl SigningKey {
 
     /// The `webhook-signature` header value.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mac = self.mac(msg_id, timestamp, body);
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+
+    /// HMAC-SHA256 over `msg_id.timestamp.body`, the signed content.
+    fn mac(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
         // HMAC accepts keys of any length; new_from_slice cannot fail for it.
         let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
             Ok(mac) => mac,
@@ -51,13 +57,45 @@ impl SigningKey {
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
-        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        mac
+    }
+
+    /// Whether a `webhook-signature` header (space-separated `v1,<base64>`
+    /// signatures) holds a valid signature of this message by this key, as
+    /// a receiver checks it (in constant time).
+    pub fn verify(&self, msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+        header.split_whitespace().any(|signature| {
+            let Some(encoded) = signature.strip_prefix("v1,") else {
+                return false;
+            };
+            let Ok(expected) = STANDARD.decode(encoded) else {
+                return false;
+            };
+            self.mac(msg_id, timestamp, body)
+                .verify_slice(&expected)
+                .is_ok()
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_verifies_with_its_key_only() {
+        let key = SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("key");
+        let other = SigningKey::from_secret("whsec_bm90IHRoZSBzYW1lIGtleSBhdCBhbGwh").expect("key");
+        let signature = key.sign("msg_1", 1_700_000_000, b"{}");
+        assert!(key.verify(
+            "msg_1",
+            1_700_000_000,
+            b"{}",
+            &format!("v1,bad {signature}")
+        ));
+        assert!(!key.verify("msg_1", 1_700_000_001, b"{}", &signature));
+        assert!(!other.verify("msg_1", 1_700_000_000, b"{}", &signature));
+    }
 
     /// The example published with the Standard Webhooks specification.
     #[test]

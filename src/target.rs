@@ -62,8 +62,14 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || ip.to_ipv4().is_some()) // IPv4-compatible, deprecated
 }
 
-/// Checks a literal IP host (the resolver is not consulted for those).
-pub fn check_literal(url: &reqwest::Url, allow_private: bool) -> Result<(), RefusedTarget> {
+/// Checks a literal IP host (the resolver is not consulted for those):
+/// public, or every target allowed, or this exact address and port among
+/// `allowed` (`http.allowed_targets`).
+pub fn check_literal(
+    url: &reqwest::Url,
+    allow_private: bool,
+    allowed: &[SocketAddr],
+) -> Result<(), RefusedTarget> {
     if allow_private {
         return Ok(());
     }
@@ -72,12 +78,15 @@ pub fn check_literal(url: &reqwest::Url, allow_private: bool) -> Result<(), Refu
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
         _ => return Ok(()),
     };
-    if is_public(ip) {
+    let listed = url
+        .port_or_known_default()
+        .is_some_and(|port| allowed.contains(&SocketAddr::new(ip, port)));
+    if is_public(ip) || listed {
         Ok(())
     } else {
         Err(RefusedTarget {
             host: ip.to_string(),
-            reason: "not a public address (set http.allow_private_targets to allow)".into(),
+            reason: "not a public address (set http.allow_private_targets, or list it in http.allowed_targets, to allow)".into(),
         })
     }
 }
@@ -147,12 +156,22 @@ mod tests {
     #[test]
     fn literal_hosts_are_checked() {
         let url = reqwest::Url::parse("http://169.254.169.254/latest/meta-data").expect("url");
-        assert!(check_literal(&url, false).is_err());
-        assert!(check_literal(&url, true).is_ok());
+        assert!(check_literal(&url, false, &[]).is_err());
+        assert!(check_literal(&url, true, &[]).is_ok());
         let url = reqwest::Url::parse("https://[::1]:8443/hook").expect("url");
-        assert!(check_literal(&url, false).is_err());
+        assert!(check_literal(&url, false, &[]).is_err());
         let url = reqwest::Url::parse("https://example.com/hook").expect("url");
-        assert!(check_literal(&url, false).is_ok());
+        assert!(check_literal(&url, false, &[]).is_ok());
+    }
+
+    #[test]
+    fn an_allowed_target_is_that_address_and_port_only() {
+        let allowed = ["127.0.0.1:8080".parse().expect("addr")];
+        let url = |u: &str| reqwest::Url::parse(u).expect("url");
+        assert!(check_literal(&url("http://127.0.0.1:8080/hook"), false, &allowed).is_ok());
+        assert!(check_literal(&url("http://127.0.0.1:8081/hook"), false, &allowed).is_err());
+        assert!(check_literal(&url("http://127.0.0.2:8080/hook"), false, &allowed).is_err());
+        assert!(check_literal(&url("http://127.0.0.1/hook"), false, &allowed).is_err());
     }
 
     #[tokio::test]

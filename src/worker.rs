@@ -21,6 +21,7 @@ use crate::db::{self, Connectivity, is_transient};
 use crate::decision::RetryPolicy;
 use crate::delivery::{ClientError, Sender};
 use crate::maintenance;
+use crate::ops::{self, Readiness};
 use crate::pipeline::Pipeline;
 use crate::presence::Presence;
 use crate::queue::{self, Claimer, Job, QueueError};
@@ -45,6 +46,10 @@ pub enum WorkerError {
     Apalis(#[from] apalis_core::error::WorkerError),
     #[error("registering this worker: {0}")]
     Register(#[source] sqlx::Error),
+    #[error(transparent)]
+    Ops(crate::config::ConfigError),
+    #[error(transparent)]
+    OpsListener(#[from] ops::OpsError),
 }
 
 /// A unique name per process: apalis and our leases need one (a restarted
@@ -108,14 +113,32 @@ pub async fn run(
         background.clone(),
     ));
 
-    let claimer = Claimer::new(
-        db::claim_pool(&pool),
-        name.clone(),
-        settings.worker.lease,
+    let readiness = Arc::new(Readiness::new(
+        presence.listening(),
         settings.worker.poll_interval,
-        settings.worker.concurrency,
+    ));
+    let claim_pool = db::claim_pool(&pool);
+    let ops = match settings.ops.listen_addr().map_err(WorkerError::Ops)? {
+        Some(addr) => Some(
+            ops::start(
+                addr,
+                pool.clone(),
+                claim_pool.clone(),
+                readiness.clone(),
+                background.clone(),
+            )
+            .await
+            .map_err(WorkerError::OpsListener)?,
+        ),
+        None => None,
+    };
+    let claimer = Claimer::new(
+        claim_pool,
+        name.clone(),
+        &settings.worker,
         wake,
         connectivity,
+        readiness.clone(),
     );
     let pipeline = Arc::new(Pipeline {
         sender,
@@ -140,8 +163,10 @@ pub async fn run(
         stop.cancelled().await;
         Ok::<(), std::io::Error>(())
     }));
+    let draining = readiness.clone();
     let deadline = async {
         shutdown.cancelled().await;
+        draining.stopping();
         tracing::info!("stopping: no new claims; waiting for requests in flight");
         tokio::time::sleep(settings.worker.shutdown_timeout).await;
     };
@@ -167,6 +192,9 @@ pub async fn run(
     background.cancel();
     let _ = recovery.await;
     let _ = maintenance.await;
+    if let Some(ops) = ops {
+        ops.stopped().await;
+    }
     // Every Recorder handle is gone with the worker; wait for the last writes.
     if tokio::time::timeout(Duration::from_secs(10), recorder_task)
         .await

@@ -3,8 +3,7 @@
 --   psql -v clinic_id=1 -v limit=50 -f sql/log/calls_by_clinic.sql
 -- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
 -- Each of the clinic's endpoints is read newest first on
--- webhooks.attempts_by_endpoint_type_time, once per event type (and once for
--- '', the type of calls logged before calls carried their event), in the
+-- webhooks.attempts_by_endpoint_type_time, once per event type, in the
 -- partitions up to before_at only, and the pages merged. The log alone
 -- answers: each call carries its event.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
@@ -13,24 +12,19 @@ SELECT a.id AS attempt_id,
        a.started_at AS called_at,
        a.endpoint_id,
        a.url,
-       -- Looked up through the delivery only for calls logged before calls
-       -- carried their event (what the migration to partitions kept).
-       coalesce(a.event_id, (SELECT d.event_id FROM webhooks.deliveries d
-                              WHERE d.id = a.delivery_id)) AS event_id,
-       coalesce(nullif(a.event_type, ''),
-                (SELECT ev.type FROM webhooks.deliveries d
-                   JOIN webhooks.events ev ON ev.id = d.event_id
-                  WHERE d.id = a.delivery_id)) AS event_type,
+       a.event_id,
+       a.event_type,
        a.attempt,
        a.response_status,
        round(a.duration_ms::numeric, 1) AS duration_ms,
        a.outcome,
        a.error_kind,
        a.error,
-       a.next_attempt_at
+       a.next_attempt_at,
+       a.test
   FROM (SELECT page.*
           FROM webhooks.endpoints e
-         CROSS JOIN unnest(webhooks.event_types() || ''::text) AS t (event_type)
+         CROSS JOIN unnest(webhooks.event_types()) AS t (event_type)
          CROSS JOIN LATERAL (
                 SELECT x.*
                   FROM webhooks.attempts x

@@ -2,30 +2,24 @@
 --   psql -v endpoint_id=7 -v limit=50 -f sql/log/calls_by_endpoint.sql
 -- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
 -- Served by webhooks.attempts_by_endpoint_type_time, in the partitions up to
--- before_at only: read newest first once per event type (and once for ''
--- the type of calls logged before calls carried their event), and merged.
+-- before_at only: read newest first once per event type, and merged.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
 \if :{?before_id} \else \set before_id 9223372036854775807 \endif
 SELECT a.id AS attempt_id,
        a.started_at AS called_at,
        a.endpoint_id,
-       -- Looked up through the delivery only for calls logged before calls
-       -- carried their event (what the migration to partitions kept).
-       coalesce(a.event_id, (SELECT d.event_id FROM webhooks.deliveries d
-                              WHERE d.id = a.delivery_id)) AS event_id,
-       coalesce(nullif(a.event_type, ''),
-                (SELECT ev.type FROM webhooks.deliveries d
-                   JOIN webhooks.events ev ON ev.id = d.event_id
-                  WHERE d.id = a.delivery_id)) AS event_type,
+       a.event_id,
+       a.event_type,
        a.attempt,
        a.response_status,
        round(a.duration_ms::numeric, 1) AS duration_ms,
        a.outcome,
        a.error_kind,
        a.error,
-       a.next_attempt_at
+       a.next_attempt_at,
+       a.test
   FROM (SELECT page.*
-          FROM unnest(webhooks.event_types() || ''::text) AS t (event_type)
+          FROM unnest(webhooks.event_types()) AS t (event_type)
          CROSS JOIN LATERAL (
                 SELECT x.*
                   FROM webhooks.attempts x

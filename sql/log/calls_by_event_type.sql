@@ -4,9 +4,7 @@
 -- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
 -- Each of the clinic's endpoints is read newest first on
 -- webhooks.attempts_by_endpoint_type_time, in the partitions up to before_at
--- only, and their pages merged. Calls logged before calls carried their
--- event type (history the migration to partitions kept, type '') are not
--- found by type: they age out with retention.
+-- only, and their pages merged.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
 \if :{?before_id} \else \set before_id 9223372036854775807 \endif
 SELECT a.id AS attempt_id,
@@ -21,7 +19,8 @@ SELECT a.id AS attempt_id,
        a.outcome,
        a.error_kind,
        a.error,
-       a.next_attempt_at
+       a.next_attempt_at,
+       a.test
   FROM (SELECT page.*
           FROM webhooks.endpoints e
          CROSS JOIN LATERAL (

@@ -10,7 +10,8 @@ SELECT a.id AS attempt_id,
        a.error_kind,
        a.error,
        a.next_attempt_at,
-       a.worker
+       a.worker,
+       a.test
   FROM webhooks.attempts a
  WHERE a.delivery_id = :delivery_id
  ORDER BY a.attempt, a.id;

@@ -11,21 +11,16 @@ SELECT a.id AS attempt_id,
        a.started_at AS called_at,
        a.endpoint_id,
        a.url,
-       -- Looked up through the delivery only for calls logged before calls
-       -- carried their event (what the migration to partitions kept).
-       coalesce(a.event_id, (SELECT d.event_id FROM webhooks.deliveries d
-                              WHERE d.id = a.delivery_id)) AS event_id,
-       coalesce(nullif(a.event_type, ''),
-                (SELECT ev.type FROM webhooks.deliveries d
-                   JOIN webhooks.events ev ON ev.id = d.event_id
-                  WHERE d.id = a.delivery_id)) AS event_type,
+       a.event_id,
+       a.event_type,
        a.attempt,
        a.response_status,
        round(a.duration_ms::numeric, 1) AS duration_ms,
        a.outcome,
        a.error_kind,
        a.error,
-       a.next_attempt_at
+       a.next_attempt_at,
+       a.test
   FROM (SELECT page.*
           FROM webhooks.endpoints e
          CROSS JOIN LATERAL (

@@ -44,11 +44,11 @@ moved AS (
      WHERE d.id = r.delivery_id
        AND d.attempts = r.attempt
        AND d.state = 'delivering'
-    RETURNING d.id, d.attempts
+    RETURNING d.id, d.attempts, d.test
 ),
 -- Whether each result is the current attempt's (its delivery moved).
 fate AS (
-    SELECT r.*, m.id IS NOT NULL AS current
+    SELECT r.*, m.id IS NOT NULL AS current, coalesce(m.test, false) AS test
       FROM r
       LEFT JOIN moved m ON m.id = r.delivery_id AND m.attempts = r.attempt
 ),
@@ -91,13 +91,13 @@ logged AS (
     INSERT INTO webhooks.attempts (
         delivery_id, endpoint_id, event_id, event_type, attempt, started_at, duration_ms, url,
         request_headers, request_body, response_status, response_headers, response_body,
-        response_truncated, outcome, error_kind, error, next_attempt_at, worker)
+        response_truncated, outcome, error_kind, error, next_attempt_at, worker, test)
     SELECT f.delivery_id, f.endpoint_id, f.event_id, f.event_type, f.attempt, to_timestamp(f.started_at), f.duration_ms,
            f.url, f.request_headers::jsonb, f.request_body, f.response_status,
            f.response_headers::jsonb, f.response_body, f.response_truncated,
            f.outcome::webhooks.attempt_outcome, f.error_kind, f.error,
            CASE WHEN f.outcome = 'retrying' THEN now() + make_interval(secs => f.retry_in_s) END,
-           $19
+           $19, f.test
       FROM fate f
      WHERE f.current
 )

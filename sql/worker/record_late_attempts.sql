@@ -57,13 +57,14 @@ logged AS (
     INSERT INTO webhooks.attempts (
         delivery_id, endpoint_id, event_id, event_type, attempt, started_at, duration_ms, url,
         request_headers, request_body, response_status, response_headers, response_body,
-        response_truncated, outcome, error_kind, error, next_attempt_at, worker)
+        response_truncated, outcome, error_kind, error, next_attempt_at, worker, test)
     SELECT l.delivery_id, l.endpoint_id, l.event_id, l.event_type, l.attempt, to_timestamp(l.started_at), l.duration_ms,
            l.url, l.request_headers::jsonb, l.request_body, l.response_status,
            l.response_headers::jsonb, l.response_body, l.response_truncated,
            'late', l.error_kind,
            concat_ws('; ', l.error, 'the result came after the delivery had moved on'),
-           NULL, $19
+           NULL, $19,
+           coalesce((SELECT d.test FROM webhooks.deliveries d WHERE d.id = l.delivery_id), false)
       FROM late l
      WHERE NOT EXISTS (SELECT 1 FROM replaced x
                         WHERE x.delivery_id = l.delivery_id AND x.attempt = l.attempt)

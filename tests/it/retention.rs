@@ -331,6 +331,18 @@ async fn an_unpartitioned_log_with_history_converts_without_losing_a_row() {
     let next = attempt_at(&db.pool, 1, endpoint, 0).await;
     assert!(next > max_id, "{next} > {max_id}");
 
+    // Every earlier call got its event.
+    let unlabelled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhooks.attempts a
+           JOIN webhooks.deliveries d ON d.id = a.delivery_id
+          WHERE a.id <= $1
+            AND (a.event_type <> 'visit.created' OR a.event_id IS DISTINCT FROM d.event_id)",
+    )
+    .bind(max_id)
+    .fetch_one(&db.pool)
+    .await
+    .expect("unlabelled");
+    assert_eq!(unlabelled, 0);
     // Deliveries and events too: the queue copied into deliveries_live, the
     // finished ones and the events attached as they were.
     assert_eq!(scalar(&db.pool, deliveries).await, had_deliveries);

@@ -353,8 +353,10 @@ async fn deleting_an_endpoint_deletes_its_deliveries_and_log() {
     let other = support::endpoint(p, 1, "https://other.example.com/", "2.0").await;
     exec(p, "INSERT INTO clinic.visits (id, clinic_id, member_id, start_at, end_at) VALUES (1, 1, 10, now(), now())").await;
     sqlx::query(
-        "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, attempt, started_at, url, outcome, error_kind)
-         SELECT id, endpoint_id, 1, now(), 'https://hooks.example.com/a', 'retrying', 'status'
+        "INSERT INTO webhooks.attempts (delivery_id, endpoint_id, event_id, event_type, attempt,
+                                        started_at, url, outcome, error_kind)
+         SELECT id, endpoint_id, event_id, 'visit.created', 1, now(), 'https://hooks.example.com/a',
+                'retrying', 'status'
            FROM webhooks.deliveries",
     )
     .execute(p)

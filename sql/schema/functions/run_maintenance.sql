@@ -8,7 +8,12 @@ CREATE OR REPLACE FUNCTION webhooks.run_maintenance(p_keep interval DEFAULT '30 
                                                     p_ahead integer DEFAULT 7,
                                                     p_now timestamptz DEFAULT now())
 RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Partitions are made and dropped by their owner only: this runs as the
+-- owner, with a search path nobody else can write to (EXECUTE is granted to
+-- clinic_webhooks_worker only).
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 -- Run by one caller at a time (a transaction-level advisory lock; another
 -- caller returns at once with ran = false), by the worker on a schedule
 -- (`retention.*` in config.toml) or by a DBA, from pg_cron say:

@@ -14,7 +14,7 @@ CREATE OR REPLACE FUNCTION webhooks.take_back_deliveries(p_gone text[], p_by tex
                                               OUT lease_expired integer)
 LANGUAGE sql AS $$
     WITH lost AS (
-        SELECT d.id, d.attempts, d.endpoint_id, d.event_id, d.leased_by,
+        SELECT d.id, d.attempts, d.endpoint_id, d.event_id, d.test, d.leased_by,
                d.leased_by = ANY (p_gone) AS gone
           FROM webhooks.deliveries d
          WHERE d.state = 'delivering'
@@ -35,7 +35,7 @@ LANGUAGE sql AS $$
     logged AS (
         INSERT INTO webhooks.attempts (delivery_id, endpoint_id, event_id, event_type, attempt,
                                        started_at, url, outcome, error_kind, error,
-                                       next_attempt_at, worker)
+                                       next_attempt_at, worker, test)
         SELECT x.id, x.endpoint_id, x.event_id, coalesce(ev.type, ''), x.attempts, now(), e.url,
                'abandoned',
                CASE WHEN x.gone THEN 'worker_lost' ELSE 'lease_expired' END,
@@ -44,7 +44,7 @@ LANGUAGE sql AS $$
                            THEN ' is gone (its database session ended) without reporting this attempt'
                            ELSE ' did not report this attempt before its lease expired' END
                    || '; ' || p_by || ' took the delivery back to send it again',
-               now(), p_by
+               now(), p_by, x.test
           FROM lost x
           JOIN webhooks.endpoints e ON e.id = x.endpoint_id
           LEFT JOIN webhooks.events ev ON ev.id = x.event_id

@@ -4,8 +4,7 @@
 -- One row per HTTP call (and per attempt lost with its worker). The clinic
 -- comes from the endpoint, the event from the call itself, so a call stays
 -- listed after retention dropped its delivery and event (its delivery_state
--- is NULL then); calls logged before the event was stored with them look it
--- up through their delivery.
+-- is NULL then). test: a call of webhooks.send_test.
 CREATE OR REPLACE VIEW webhooks.delivery_log AS
 SELECT a.id                             AS attempt_id,
        a.started_at                     AS called_at,
@@ -13,8 +12,8 @@ SELECT a.id                             AS attempt_id,
        c.code                           AS clinic_code,
        a.endpoint_id,
        a.url,
-       coalesce(a.event_id, d.event_id) AS event_id,
-       coalesce(nullif(a.event_type, ''), ev.type) AS event_type,
+       a.event_id,
+       a.event_type,
        a.delivery_id,
        a.attempt,
        a.response_status,
@@ -23,9 +22,9 @@ SELECT a.id                             AS attempt_id,
        a.error_kind,
        a.error,
        a.next_attempt_at,
-       d.state                          AS delivery_state
+       d.state                          AS delivery_state,
+       a.test
 FROM webhooks.attempts a
 JOIN webhooks.endpoints ep ON ep.id = a.endpoint_id
 LEFT JOIN webhooks.deliveries d ON d.id = a.delivery_id
-LEFT JOIN webhooks.events ev ON a.event_type = '' AND ev.id = d.event_id
 LEFT JOIN clinic.clinics c ON c.id = ep.clinic_id;
