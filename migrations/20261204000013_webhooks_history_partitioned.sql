@@ -122,11 +122,13 @@ CREATE INDEX deliveries_failed_by_endpoint
 ALTER TABLE webhooks.attempts ADD COLUMN event_id uuid,
                               ADD COLUMN event_type text NOT NULL DEFAULT '';
 ALTER TABLE webhooks.attempts ALTER COLUMN event_type DROP DEFAULT;
--- One index serves the log by endpoint and by endpoint and type, newest
--- first: the lists by endpoint and by clinic read it once per event type
--- and merge (a second index by endpoint alone would cost every call
--- another index entry).
-DROP INDEX webhooks.attempts_by_endpoint_time;
+-- The log by endpoint and event type (the panel's filter), newest first.
+-- Beside attempts_by_endpoint_time, not instead of it: the lists by
+-- endpoint and by clinic read that one once per endpoint, where this one
+-- would be read once per endpoint and type, each read starting in every
+-- partition up to the cursor (the default partition keeps PostgreSQL from
+-- reading the partitions in order): at 10 million calls the panel's list
+-- took p99 23 ms on this index, 7 ms on its own.
 CREATE INDEX attempts_by_endpoint_type_time ON webhooks.attempts (endpoint_id, event_type, started_at);
 
 -- Every partition of the three histories, with its time range (NULL start:

@@ -52,6 +52,8 @@ BEGIN
     GRANT USAGE ON SCHEMA webhooks TO clinic_webhooks_app;
     GRANT SELECT (id, clinic_id, enabled, event_types) ON webhooks.endpoints TO clinic_webhooks_app;
     GRANT INSERT ON webhooks.events, webhooks.deliveries TO clinic_webhooks_app;
+    -- The triggers' INSERT ... RETURNING reads back what they wrote.
+    GRANT SELECT (id, type, clinic_id, subject) ON webhooks.events TO clinic_webhooks_app;
     GRANT USAGE ON SEQUENCE webhooks.deliveries_id_seq TO clinic_webhooks_app;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'clinic_webhooks_worker and clinic_webhooks_app were not set up (this role lacks CREATEROLE): %', SQLERRM;

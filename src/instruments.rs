@@ -8,6 +8,7 @@
 //! payload versions are fixed sets; no endpoint id, URL or clinic (one
 //! series per endpoint would grow with the customers).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::{
@@ -41,6 +42,14 @@ const LATENCY: [f64; 16] = [
 ];
 const BATCH: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// Whether a recorder is installed: until then, recording skips building
+/// labels (a call's event type and version) for nobody.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Installs the Prometheus recorder for this process and describes every
 /// metric; returns the handle that renders them.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
@@ -57,6 +66,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     }
     let handle = builder.install_recorder()?;
     describe();
+    ENABLED.store(true, Ordering::Relaxed);
     Ok(handle)
 }
 
@@ -119,6 +129,9 @@ pub fn attempt(
     version: &str,
     duration: Duration,
 ) {
+    if !enabled() {
+        return;
+    }
     counter!(
         ATTEMPTS,
         "outcome" => outcome,
@@ -133,6 +146,9 @@ pub fn attempt(
 /// A 2xx for event `event_id`: the time since its row was written, which
 /// its version 7 id carries (to the millisecond).
 pub fn delivered(event_id: Uuid) {
+    if !enabled() {
+        return;
+    }
     let Some(written_ms) = uuid_v7_millis(event_id) else {
         return;
     };
@@ -157,6 +173,9 @@ fn uuid_v7_millis(id: Uuid) -> Option<u64> {
 }
 
 pub fn claim(ok: bool, duration: Duration, rows: usize) {
+    if !enabled() {
+        return;
+    }
     counter!(CLAIMS, "result" => if ok { "ok" } else { "error" }).increment(1);
     histogram!(CLAIM_DURATION).record(duration.as_secs_f64());
     if ok {
@@ -165,6 +184,9 @@ pub fn claim(ok: bool, duration: Duration, rows: usize) {
 }
 
 pub fn log_write(ok: bool, duration: Duration, rows: usize) {
+    if !enabled() {
+        return;
+    }
     counter!(LOG_WRITES, "result" => if ok { "ok" } else { "error" }).increment(1);
     histogram!(LOG_WRITE_DURATION).record(duration.as_secs_f64());
     if ok {

@@ -80,6 +80,13 @@ impl Readiness {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Waits until the worker listens and has claimed once.
+    pub async fn ready(&self) {
+        while !self.worker_problems().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Why the worker is not ready, if it is not (database checks aside).
     fn worker_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -189,6 +196,31 @@ pub async fn start(
         server,
         sampler,
     })
+}
+
+/// Tells systemd the service's state (`READY=1`, `STOPPING=1`) when it
+/// started this process as `Type=notify` (`NOTIFY_SOCKET` is set);
+/// otherwise does nothing.
+pub fn notify_systemd(state: &str) {
+    let Some(socket_path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|socket| {
+        let path = socket_path.as_encoded_bytes();
+        match path.strip_prefix(b"@") {
+            // An abstract socket (Linux): '@' stands for the leading NUL.
+            #[cfg(target_os = "linux")]
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.send_to_addr(state.as_bytes(), &addr)
+            }
+            _ => socket.send_to(state.as_bytes(), &socket_path),
+        }
+    });
+    if let Err(err) = sent {
+        tracing::warn!(error = %err, state, "could not notify systemd");
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -163,10 +163,16 @@ pub async fn run(
         stop.cancelled().await;
         Ok::<(), std::io::Error>(())
     }));
+    let ready = readiness.clone();
+    let notify_ready = tokio::spawn(async move {
+        ready.ready().await;
+        ops::notify_systemd("READY=1");
+    });
     let draining = readiness.clone();
     let deadline = async {
         shutdown.cancelled().await;
         draining.stopping();
+        ops::notify_systemd("STOPPING=1");
         tracing::info!("stopping: no new claims; waiting for requests in flight");
         tokio::time::sleep(settings.worker.shutdown_timeout).await;
     };
@@ -190,6 +196,7 @@ pub async fn run(
         }
     }
     background.cancel();
+    notify_ready.abort();
     let _ = recovery.await;
     let _ = maintenance.await;
     if let Some(ops) = ops {

@@ -465,10 +465,19 @@ async fn variables(
                     .await?;
             vec![("event_id", Var::Text(event))]
         }
-        _ => vec![(
-            "attempt_id",
-            Var::Int(fastrand::i64(attempts.0..=attempts.1)),
-        )],
+        _ => {
+            // A call as a list row names it: its id and its time.
+            let id = fastrand::i64(attempts.0..=attempts.1);
+            let called_at: String =
+                sqlx::query_scalar("SELECT started_at::text FROM webhooks.attempts WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            vec![
+                ("attempt_id", Var::Int(id)),
+                ("called_at", Var::Text(called_at)),
+            ]
+        }
     })
 }
 

@@ -60,10 +60,38 @@ struct BenchArgs {
     /// `max_in_flight` of every bench endpoint (its bulkhead).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(i32).range(1..=1000))]
     max_in_flight: i32,
+    /// While the bench runs, GET this URL every second (a worker's
+    /// /metrics, with CLINIC_WEBHOOKS__OPS__LISTEN set for the workers), as
+    /// Prometheus would: the cost of the operations listener, scraped.
+    #[arg(long, value_name = "URL")]
+    scrape_metrics: Option<String>,
     /// The `clinic-webhooks` binary to run as the worker process, e.g.
     /// target/release/clinic-webhooks or another build to compare with.
     #[arg(long, value_name = "PATH", env = "CLINIC_WEBHOOKS_BIN")]
     worker_binary: Option<PathBuf>,
+}
+
+/// GETs `url` every second until aborted; says how often it answered.
+async fn scrape(url: String) {
+    let client = reqwest::Client::new();
+    let (mut answered, mut failed) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let scraped = match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+            // Between scenarios no worker listens.
+            _ => false,
+        };
+        if scraped {
+            answered += 1;
+        } else {
+            failed += 1;
+        }
+        if (answered + failed) % 30 == 0 {
+            eprintln!("[bench] scraped {url}: {answered} answered, {failed} not");
+        }
+    }
 }
 
 #[tokio::main]
@@ -86,6 +114,10 @@ async fn main() -> Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", worker_binary.display()))?;
     bench::init_logging();
+    let scraper = args
+        .scrape_metrics
+        .clone()
+        .map(|url| tokio::spawn(scrape(url)));
     let report = bench::run(BenchOptions {
         database_url: args.database_url,
         repeat: args
@@ -105,6 +137,9 @@ async fn main() -> Result<()> {
         progress: true,
     })
     .await?;
+    if let Some(scraper) = scraper {
+        scraper.abort();
+    }
     let json = serde_json::to_string_pretty(&report.to_json())?;
     if let Some(path) = &args.json_out {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;

@@ -3,8 +3,8 @@
 --   psql -v clinic_id=1 -v limit=50 -f sql/log/calls_by_clinic.sql
 -- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
 -- Each of the clinic's endpoints is read newest first on
--- webhooks.attempts_by_endpoint_type_time, once per event type, in the
--- partitions up to before_at only, and the pages merged. The log alone
+-- webhooks.attempts_by_endpoint_time, in the partitions up to before_at only,
+-- and their pages merged. The log alone
 -- answers: each call carries its event.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
 \if :{?before_id} \else \set before_id 9223372036854775807 \endif
@@ -24,12 +24,10 @@ SELECT a.id AS attempt_id,
        a.test
   FROM (SELECT page.*
           FROM webhooks.endpoints e
-         CROSS JOIN unnest(webhooks.event_types()) AS t (event_type)
          CROSS JOIN LATERAL (
                 SELECT x.*
                   FROM webhooks.attempts x
                  WHERE x.endpoint_id = e.id
-                   AND x.event_type = t.event_type
                    AND x.started_at <= :before_at::timestamptz
                    AND (x.started_at < :before_at::timestamptz OR x.id < :before_id)
                  ORDER BY x.started_at DESC, x.id DESC

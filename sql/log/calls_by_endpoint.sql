@@ -1,8 +1,8 @@
 -- The log of one endpoint, newest first, a page at a time (keyset).
 --   psql -v endpoint_id=7 -v limit=50 -f sql/log/calls_by_endpoint.sql
 -- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
--- Served by webhooks.attempts_by_endpoint_type_time, in the partitions up to
--- before_at only: read newest first once per event type, and merged.
+-- Served by webhooks.attempts_by_endpoint_time, in the partitions up to
+-- before_at only.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
 \if :{?before_id} \else \set before_id 9223372036854775807 \endif
 SELECT a.id AS attempt_id,
@@ -18,17 +18,9 @@ SELECT a.id AS attempt_id,
        a.error,
        a.next_attempt_at,
        a.test
-  FROM (SELECT page.*
-          FROM unnest(webhooks.event_types()) AS t (event_type)
-         CROSS JOIN LATERAL (
-                SELECT x.*
-                  FROM webhooks.attempts x
-                 WHERE x.endpoint_id = :endpoint_id
-                   AND x.event_type = t.event_type
-                   AND x.started_at <= :before_at::timestamptz
-                   AND (x.started_at < :before_at::timestamptz OR x.id < :before_id)
-                 ORDER BY x.started_at DESC, x.id DESC
-                 LIMIT :limit) page
-         ORDER BY page.started_at DESC, page.id DESC
-         LIMIT :limit) a
- ORDER BY a.started_at DESC, a.id DESC;
+  FROM webhooks.attempts a
+ WHERE a.endpoint_id = :endpoint_id
+   AND a.started_at <= :before_at::timestamptz
+   AND (a.started_at < :before_at::timestamptz OR a.id < :before_id)
+ ORDER BY a.started_at DESC, a.id DESC
+ LIMIT :limit;

@@ -421,12 +421,19 @@ async fn the_named_sql_files_run_in_psql_and_the_cli_redelivers() {
         list.matches("|400|").count(),
         "{by_type}"
     );
-    let attempt: i64 = scalar(&db.pool, "SELECT max(id) FROM webhooks.attempts").await;
+    let (attempt, called_at): (i64, String) = sqlx::query_as(
+        "SELECT id, started_at::text FROM webhooks.attempts ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the last call");
     let detail = psql(
         &db,
         &[
             "-v",
             &format!("attempt_id={attempt}"),
+            "-v",
+            &format!("called_at='{called_at}'"),
             "-f",
             "sql/log/call_detail.sql",
         ],

@@ -132,6 +132,11 @@ async fn the_log_queries_prune_partitions_use_their_index_and_page_through_every
         .fetch_one(&db.pool)
         .await
         .expect("event");
+    let first_call: (i64, String) =
+        sqlx::query_as("SELECT id, started_at::text FROM webhooks.attempts ORDER BY id LIMIT 1")
+            .fetch_one(&db.pool)
+            .await
+            .expect("a call");
     let before_tomorrow = || {
         vec![
             ("before_at", format!("'{tomorrow}'")),
@@ -181,7 +186,10 @@ async fn the_log_queries_prune_partitions_use_their_index_and_page_through_every
         ),
         (
             "sql/log/call_detail.sql",
-            vec![("attempt_id", "1".into())],
+            vec![
+                ("attempt_id", first_call.0.to_string()),
+                ("called_at", format!("'{}'", first_call.1)),
+            ],
             false,
         ),
     ];
@@ -231,6 +239,15 @@ async fn the_log_queries_prune_partitions_use_their_index_and_page_through_every
         partial |= is_partial;
     }
     assert!(partial, "{file} uses the partial index: {plan:?}");
+    // The detail reads the one partition of its call.
+    let (file, vars, _) = &cases[cases.len() - 1];
+    let plan = plan_of(&db.pool, &statement(file, vars)).await;
+    let partitions: HashSet<&String> = plan
+        .iter()
+        .filter(|(_, r, _)| r.starts_with("attempts"))
+        .map(|(_, r, _)| r)
+        .collect();
+    assert_eq!(partitions.len(), 1, "{file}: {plan:?}");
     // The list by type reads the index by endpoint and type.
     let (file, vars, _) = &cases[2];
     let plan = plan_of(&db.pool, &statement(file, vars)).await;

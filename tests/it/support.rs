@@ -224,20 +224,21 @@ impl Drop for InProcessWorker {
 
 /// The real binary, `clinic-webhooks run`, against a test database.
 pub fn spawn_binary(db: &TestDb, extra_env: &[(&str, &str)]) -> Child {
+    spawn_binary_at(&db.url, extra_env)
+}
+
+/// The same against a database URL (another role's, say).
+pub fn spawn_binary_at(url: &str, extra_env: &[(&str, &str)]) -> Child {
     let defaults = [
         ("CLINIC_WEBHOOKS__WORKER__POLL_INTERVAL", "100ms"),
         ("CLINIC_WEBHOOKS__LOG__LEVEL", "info"),
     ];
     let env: Vec<(&str, &str)> = defaults.iter().chain(extra_env).copied().collect();
-    worker_command(
-        Path::new(env!("CARGO_BIN_EXE_clinic-webhooks")),
-        &db.url,
-        &env,
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn clinic-webhooks")
+    worker_command(Path::new(env!("CARGO_BIN_EXE_clinic-webhooks")), url, &env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn clinic-webhooks")
 }
 
 /// Sends a signal with the system `kill` (no unsafe code in the tests either).
