@@ -4,6 +4,8 @@
 //! does the work in exactly one of them at a time (an advisory lock; the
 //! others return at once) and reports what it created and dropped.
 
+use std::time::Duration;
+
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -57,19 +59,30 @@ pub fn log_report(report: &Value) {
     }
 }
 
+/// After a failed run (a lock not granted within the run's `lock_timeout`,
+/// the database away), the next try comes this soon rather than a whole
+/// `retention.interval` later.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
+
 /// Runs maintenance at once and then every `retention.interval` until `stop`.
 pub async fn schedule(pool: PgPool, retention: RetentionSettings, stop: CancellationToken) {
     loop {
-        match run_once(&pool, &retention).await {
-            Ok(report) => log_report(&report),
+        let next = match run_once(&pool, &retention).await {
+            Ok(report) => {
+                log_report(&report);
+                retention.interval
+            }
             // The database's own outage logging covers a lost connection;
             // this names what did not get done.
-            Err(err) => tracing::warn!(error = %err, retry_in = ?retention.interval,
-                "log maintenance failed"),
-        }
+            Err(err) => {
+                let retry_in = RETRY_AFTER_FAILURE.min(retention.interval);
+                tracing::warn!(error = %err, ?retry_in, "history maintenance failed");
+                retry_in
+            }
+        };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(retention.interval) => {}
+            () = tokio::time::sleep(next) => {}
         }
     }
 }

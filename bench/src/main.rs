@@ -2,6 +2,8 @@
 //! benchmark library. `bench/run` builds it and the worker and runs it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -71,10 +73,16 @@ struct BenchArgs {
     worker_binary: Option<PathBuf>,
 }
 
-/// GETs `url` every second until aborted; says how often it answered.
-async fn scrape(url: String) {
+/// Scrapes answered and not, counted by [`scrape`].
+#[derive(Default)]
+struct Scrapes {
+    answered: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// GETs `url` every second until aborted, counting the answers.
+async fn scrape(url: String, counts: Arc<Scrapes>) {
     let client = reqwest::Client::new();
-    let (mut answered, mut failed) = (0u64, 0u64);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -83,14 +91,12 @@ async fn scrape(url: String) {
             // Between scenarios no worker listens.
             _ => false,
         };
-        if scraped {
-            answered += 1;
+        let counter = if scraped {
+            &counts.answered
         } else {
-            failed += 1;
-        }
-        if (answered + failed) % 30 == 0 {
-            eprintln!("[bench] scraped {url}: {answered} answered, {failed} not");
-        }
+            &counts.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -114,10 +120,11 @@ async fn main() -> Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", worker_binary.display()))?;
     bench::init_logging();
+    let scrapes = Arc::new(Scrapes::default());
     let scraper = args
         .scrape_metrics
         .clone()
-        .map(|url| tokio::spawn(scrape(url)));
+        .map(|url| tokio::spawn(scrape(url, scrapes.clone())));
     let report = bench::run(BenchOptions {
         database_url: args.database_url,
         repeat: args
@@ -139,6 +146,12 @@ async fn main() -> Result<()> {
     .await?;
     if let Some(scraper) = scraper {
         scraper.abort();
+        eprintln!(
+            "[bench] scraped {}: {} answered, {} not (no worker listening)",
+            args.scrape_metrics.as_deref().unwrap_or_default(),
+            scrapes.answered.load(Ordering::Relaxed),
+            scrapes.failed.load(Ordering::Relaxed)
+        );
     }
     let json = serde_json::to_string_pretty(&report.to_json())?;
     if let Some(path) = &args.json_out {

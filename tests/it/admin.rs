@@ -466,14 +466,7 @@ async fn the_named_sql_files_run_in_psql_and_the_cli_redelivers() {
     );
 
     // The CLI, against the same database.
-    let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_clinic-webhooks"))
-            .args(args)
-            .env("DATABASE_URL", &db.url)
-            .current_dir(std::env::temp_dir())
-            .output()
-            .expect("cli")
-    };
+    let cli = |args: &[&str]| support::cli(&db.url, args);
     let delivery: i64 = scalar(&db.pool, "SELECT id FROM webhooks.deliveries").await;
     let out = cli(&["redeliver", "--delivery", &delivery.to_string()]);
     assert!(

@@ -286,15 +286,7 @@ async fn the_worker_notifies_systemd_when_ready_and_when_stopping() {
 }
 
 fn cli(db: &TestDb, args: &[&str]) -> std::process::Output {
-    Command::new(binary())
-        .args(args)
-        .env_remove("CLINIC_WEBHOOKS_CONFIG")
-        .env_remove("RUST_LOG")
-        .env("DATABASE_URL", &db.url)
-        .env("CLINIC_WEBHOOKS__DATABASE__URL", &db.url)
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("clinic-webhooks")
+    support::cli(&db.url, args)
 }
 
 fn stdout(out: &std::process::Output) -> String {

@@ -231,14 +231,7 @@ async fn one_maintenance_runs_at_a_time_and_the_cli_runs_it() {
     assert_eq!(second["ran"], false, "{second}");
     first.commit().await.expect("commit");
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clinic-webhooks"))
-        .arg("maintenance")
-        .env_remove("CLINIC_WEBHOOKS_CONFIG")
-        .env("DATABASE_URL", &db.url)
-        .env("CLINIC_WEBHOOKS__DATABASE__URL", &db.url)
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("clinic-webhooks maintenance");
+    let out = support::cli(&db.url, &["maintenance"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -94,14 +94,7 @@ async fn each_party_works_with_its_role_and_no_more() {
         support::signal(&child, "TERM");
         support::wait_exit(&mut child, Duration::from_secs(15)).await;
         // Maintenance (creating and dropping partitions) runs as the owner.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clinic-webhooks"))
-            .arg("maintenance")
-            .env_remove("CLINIC_WEBHOOKS_CONFIG")
-            .env("DATABASE_URL", &worker_url)
-            .env("CLINIC_WEBHOOKS__DATABASE__URL", &worker_url)
-            .current_dir(std::env::temp_dir())
-            .output()
-            .expect("maintenance");
+        let out = support::cli(&worker_url, &["maintenance"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let mut as_worker = PgConnection::connect(&worker_url).await.expect("worker");
         assert!(

@@ -241,6 +241,20 @@ pub fn spawn_binary_at(url: &str, extra_env: &[(&str, &str)]) -> Child {
         .expect("spawn clinic-webhooks")
 }
 
+/// Runs a `clinic-webhooks` command (not `run`) against the database at
+/// `url`, with no configuration file, and waits for it.
+pub fn cli(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_clinic-webhooks"))
+        .args(args)
+        .env_remove("CLINIC_WEBHOOKS_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("DATABASE_URL", url)
+        .env("CLINIC_WEBHOOKS__DATABASE__URL", url)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("clinic-webhooks")
+}
+
 /// Sends a signal with the system `kill` (no unsafe code in the tests either).
 pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
