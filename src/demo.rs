@@ -8,7 +8,7 @@
 //! too. Then the log as a DBA sees it, and how to look further.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -139,6 +139,7 @@ pub async fn run(settings: &Settings, pool: PgPool, explore: &str) -> Result<()>
                 }
             }
             Ok(None) => bail!("the demo's receiver stopped"),
+            Err(_) if !std::io::stdout().is_terminal() => {}
             Err(_) => {
                 let spinner =
                     ['|', '/', '-', '\\'][(started.elapsed().as_millis() / 250 % 4) as usize];

@@ -41,7 +41,7 @@ enum Command {
     Run,
     /// Try it: a local receiver, a demo clinic with a v1 and a v2 endpoint,
     /// a visit's whole life delivered and logged (on the embedded database
-    /// unless one is configured); about ten seconds.
+    /// unless one is configured); a few seconds.
     Demo,
     /// Per endpoint: pending, due, in flight, failed, oldest due age,
     /// failing since, disabled reason, blocked lanes.
