@@ -2,6 +2,7 @@
 //! receivers on 127.0.0.1, the worker in-process or as the real binary.
 
 mod admin;
+mod catalog;
 mod chaos;
 mod delivery;
 mod hostile;
