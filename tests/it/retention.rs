@@ -371,6 +371,28 @@ async fn an_unpartitioned_log_with_history_converts_without_losing_a_row() {
     .expect("newest delivery");
     assert!(newest > max_delivery);
     assert_eq!(partition, "webhooks.deliveries_live");
+
+    // Once the upgrade's day is past retention, the legacy partitions go
+    // whole; the events the pending deliveries need stay: the 25 of before
+    // the upgrade and the one of the visit since (its day is the legacy
+    // partition's too).
+    let report = maintenance(&db.pool, 33).await;
+    let dropped = names(&report, "dropped");
+    for legacy in ["attempts_legacy", "deliveries_done_legacy", "events_legacy"] {
+        assert!(dropped.iter().any(|d| d == legacy), "{legacy}: {report}");
+    }
+    assert_eq!(report["events_kept_for_live_deliveries"], 26, "{report}");
+    let orphans = scalar(
+        &db.pool,
+        "SELECT count(*) FROM webhooks.deliveries_live d
+          WHERE NOT EXISTS (SELECT 1 FROM webhooks.events e WHERE e.id = d.event_id)",
+    )
+    .await;
+    assert_eq!(orphans, 0, "every pending delivery keeps its event");
+    assert_eq!(
+        scalar(&db.pool, "SELECT count(*) FROM webhooks.kept_events").await,
+        26
+    );
 }
 
 /// Sending a finished delivery again moves its row from the history back
