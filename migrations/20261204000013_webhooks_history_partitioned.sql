@@ -118,10 +118,11 @@ CREATE INDEX deliveries_failed_by_endpoint
 -- Attempts carry their event, so that the log's lists read the log alone ----
 
 -- Calls logged before this migration get their event below, once the
--- deliveries and events are in place.
+-- deliveries and events are in place. The default stays: a worker of the
+-- previous release, still running while this one rolls out, logs its calls
+-- without an event type, and they read as ''.
 ALTER TABLE webhooks.attempts ADD COLUMN event_id uuid,
                               ADD COLUMN event_type text NOT NULL DEFAULT '';
-ALTER TABLE webhooks.attempts ALTER COLUMN event_type DROP DEFAULT;
 -- The log by endpoint and event type (the panel's filter), newest first.
 -- Beside attempts_by_endpoint_time, not instead of it: the lists by
 -- endpoint and by clinic read that one once per endpoint, where this one
@@ -321,7 +322,10 @@ CREATE OR REPLACE FUNCTION webhooks.run_maintenance(p_keep interval DEFAULT '30 
                                                     p_ahead integer DEFAULT 7,
                                                     p_now timestamptz DEFAULT now())
 RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Partition bounds are days of UTC whatever the caller's time zone.
+SET TimeZone = 'UTC'
+AS $$
 -- Run by one caller at a time (a transaction-level advisory lock; another
 -- caller returns at once with ran = false), by the worker on a schedule
 -- (`retention.*` in config.toml) or by a DBA, from pg_cron say:
@@ -359,6 +363,16 @@ BEGIN
                         p_keep, p_partition, p_ahead
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Acting as of another time, or planning far ahead, is the owner's
+    -- (tests, a DBA planning a change); the worker's role may only run
+    -- maintenance for now.
+    IF (p_now NOT BETWEEN now() - interval '1 minute' AND now() + interval '1 minute'
+        OR p_ahead * p_partition > interval '366 days')
+       AND NOT pg_has_role(session_user, current_user, 'MEMBER') THEN
+        RAISE EXCEPTION 'run_maintenance: only % may act as of another time or plan more than a year ahead',
+                        current_user
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF NOT pg_try_advisory_xact_lock(1128814, 1) THEN
         RETURN jsonb_build_object('ran', false, 'reason', 'another maintenance run is in progress');
     END IF;
@@ -392,14 +406,17 @@ BEGIN
                     lo := range_start::text;
                     hi := range_end::text;
                 END IF;
-                EXECUTE format('CREATE TEMP TABLE run_maintenance_moved ON COMMIT DROP AS
-                                SELECT * FROM webhooks.%I WHERE %I >= %L AND %I < %L',
+                -- Creating the partition locks the default one anyway (it
+                -- checks that no row there belongs to the new range); taken
+                -- first, no row can arrive there between the move and the
+                -- check. The move is one statement: what it deletes, it keeps.
+                EXECUTE format('LOCK TABLE webhooks.%I IN ACCESS EXCLUSIVE MODE', h.parent || '_default');
+                EXECUTE format('CREATE TEMP TABLE run_maintenance_moved (LIKE webhooks.%I) ON COMMIT DROP',
+                               h.parent || '_default');
+                EXECUTE format('WITH m AS (DELETE FROM webhooks.%I WHERE %I >= %L AND %I < %L RETURNING *)
+                                INSERT INTO run_maintenance_moved SELECT * FROM m',
                                h.parent || '_default', h.key, lo, h.key, hi);
                 GET DIAGNOSTICS n = ROW_COUNT;
-                IF n > 0 THEN
-                    EXECUTE format('DELETE FROM webhooks.%I WHERE %I >= %L AND %I < %L',
-                                   h.parent || '_default', h.key, lo, h.key, hi);
-                END IF;
                 EXECUTE format('CREATE TABLE webhooks.%I PARTITION OF webhooks.%I FOR VALUES FROM (%L) TO (%L)',
                                name, h.parent, lo, hi);
                 IF n > 0 THEN
@@ -417,6 +434,10 @@ BEGIN
         FOR part IN SELECT p.name, p.range_end, p.rows_estimate FROM webhooks.history_partitions p
                      WHERE p.history = h.history AND p.range_end <= cutoff
                      ORDER BY p.range_end LOOP
+            -- Locked before anything is read from it: a delivery made for
+            -- one of its events meanwhile (a redelivery) is either seen by
+            -- the copy below or waits, and finds the event kept.
+            EXECUTE format('LOCK TABLE webhooks.%I IN ACCESS EXCLUSIVE MODE', part.name);
             IF h.history = 'events' THEN
                 EXECUTE format('CREATE TEMP TABLE run_maintenance_kept ON COMMIT DROP AS
                                 SELECT ev.* FROM webhooks.%I ev

@@ -33,7 +33,9 @@ BEGIN
 
     GRANT USAGE ON SCHEMA webhooks, clinic TO clinic_webhooks_worker;
     GRANT SELECT ON clinic.clinics TO clinic_webhooks_worker;
-    GRANT SELECT, UPDATE ON webhooks.deliveries, webhooks.deliveries_live TO clinic_webhooks_worker;
+    GRANT SELECT, UPDATE ON webhooks.deliveries TO clinic_webhooks_worker;
+    -- The queue's gauges read the queue partition alone.
+    GRANT SELECT ON webhooks.deliveries_live TO clinic_webhooks_worker;
     GRANT SELECT ON webhooks.events, webhooks.endpoints TO clinic_webhooks_worker;
     -- /readyz compares the applied migrations with the binary's.
     IF to_regclass('webhooks._sqlx_migrations') IS NOT NULL THEN

@@ -56,6 +56,7 @@ struct Receiver {
 /// Runs the demo; `explore` is the psql command that opens this database.
 pub async fn run(settings: &Settings, pool: PgPool, explore: &str) -> Result<()> {
     db::migrate(&pool).await?;
+    refuse_a_database_in_use(&pool).await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .context("starting the demo's receiver on 127.0.0.1")?;
@@ -169,6 +170,27 @@ pub async fn run(settings: &Settings, pool: PgPool, explore: &str) -> Result<()>
     println!(
         "\nExplore it yourself:\n  {explore}\n  SELECT * FROM webhooks.delivery_log WHERE clinic_code = '{CLINIC_CODE}' ORDER BY called_at;\n  \\x\n  SELECT * FROM webhooks.delivery_log_detail WHERE clinic_code = '{CLINIC_CODE}' ORDER BY called_at DESC LIMIT 1;"
     );
+    Ok(())
+}
+
+/// The demo runs a worker, which would deliver every endpoint's work with
+/// the demo's short retry schedule, and writes a patient and a visit: it
+/// runs on the embedded database, or on one that has no endpoint but the
+/// demo's, never on a database in use.
+async fn refuse_a_database_in_use(pool: &PgPool) -> Result<()> {
+    let others: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhooks.endpoints e
+           JOIN clinic.clinics c ON c.id = e.clinic_id
+          WHERE c.code <> $1",
+    )
+    .bind(CLINIC_CODE)
+    .fetch_one(pool)
+    .await?;
+    if others > 0 {
+        bail!(
+            "this database has {others} endpoint(s) of other clinics: the demo runs a worker and writes demo rows, so it runs only on the embedded database (no DATABASE_URL, no database.url) or on an empty one"
+        );
+    }
     Ok(())
 }
 

@@ -118,19 +118,30 @@ pub async fn run(
         settings.worker.poll_interval,
     ));
     let claim_pool = db::claim_pool(&pool);
-    let ops = match settings.ops.listen_addr().map_err(WorkerError::Ops)? {
-        Some(addr) => Some(
-            ops::start(
+    let ops = match settings.ops.listen_addr() {
+        Ok(None) => None,
+        Ok(Some(addr)) => {
+            let started = ops::start(
                 addr,
                 pool.clone(),
                 claim_pool.clone(),
                 readiness.clone(),
                 background.clone(),
             )
-            .await
-            .map_err(WorkerError::OpsListener)?,
-        ),
-        None => None,
+            .await;
+            match started {
+                Ok(server) => Some(server),
+                Err(err) => {
+                    // Presence, recovery and maintenance run already: stop them.
+                    background.cancel();
+                    return Err(WorkerError::OpsListener(err));
+                }
+            }
+        }
+        Err(err) => {
+            background.cancel();
+            return Err(WorkerError::Ops(err));
+        }
     };
     let claimer = Claimer::new(
         claim_pool,

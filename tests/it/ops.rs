@@ -461,3 +461,18 @@ fn the_systemd_unit_verifies() {
     assert!(out.status.success() && ours.is_empty(), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The demo never runs on a database in use: its worker would deliver
+/// every endpoint's work with the demo's short retry schedule.
+#[tokio::test]
+async fn the_demo_refuses_a_database_with_other_endpoints() {
+    let db = TestDb::new().await;
+    support::clinic_with_patient(&db.pool).await;
+    support::endpoint(&db.pool, 1, "https://receiver.example/hook", "2.0").await;
+    let out = cli(&db, &["demo"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("endpoint(s) of other clinics"), "{stderr}");
+    let visits: i64 = scalar(&db.pool, "SELECT count(*) FROM clinic.visits").await;
+    assert_eq!(visits, 0, "nothing was written");
+}

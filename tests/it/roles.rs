@@ -97,6 +97,15 @@ async fn each_party_works_with_its_role_and_no_more() {
         let out = support::cli(&worker_url, &["maintenance"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let mut as_worker = PgConnection::connect(&worker_url).await.expect("worker");
+        // Maintenance as of another time is the owner's: from the worker's
+        // role it could drop every partition at once.
+        let far = as_worker
+            .execute("SELECT webhooks.run_maintenance('1 day', p_now => now() + interval '10 years')")
+            .await;
+        assert!(
+            far.is_err_and(|e| e.to_string().contains("may act as of another time")),
+            "the worker may not move the clock"
+        );
         assert!(
             as_worker.execute("DROP TABLE webhooks.attempts_default").await.is_err(),
             "the worker's role owns nothing"
