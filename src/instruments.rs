@@ -17,6 +17,8 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use uuid::Uuid;
 
+use crate::payload::EVENT_TYPES;
+
 pub const ATTEMPTS: &str = "clinic_webhooks_attempts_total";
 pub const ATTEMPT_DURATION: &str = "clinic_webhooks_attempt_duration_seconds";
 pub const EVENT_TO_SUCCESS: &str = "clinic_webhooks_event_to_success_seconds";
@@ -143,16 +145,8 @@ pub fn attempt(
     histogram!(ATTEMPT_DURATION).record(duration.as_secs_f64());
 }
 
-/// The label values of `event_type` and `version`: the schema allows
-/// these only (`webhooks.event_types()`, the endpoints' version check).
-const EVENT_TYPES: [&str; 6] = [
-    "user.created",
-    "visit.created",
-    "visit.updated",
-    "visit.ended",
-    "visit.note.signed_and_sent",
-    "visit.invoice.processed",
-];
+/// The label values of `version`: the schema allows these only (the
+/// endpoints' version check); those of `event_type` are EVENT_TYPES.
 const VERSIONS: [&str; 2] = ["1.0", "2.0"];
 
 /// `value` as one of `known` (a label without an allocation per call), or

@@ -9,6 +9,17 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Every event type, as `webhooks.event_types()` lists them (the schema
+/// refuses any other).
+pub const EVENT_TYPES: [&str; 6] = [
+    "user.created",
+    "visit.created",
+    "visit.updated",
+    "visit.ended",
+    "visit.note.signed_and_sent",
+    "visit.invoice.processed",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
     #[error("event {event_id} has an unknown type {event_type:?}")]

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection};
 
+use clinic_webhooks::payload::EVENT_TYPES;
 use clinic_webhooks_test_support::psql;
 
 use crate::env::BenchDb;
@@ -20,14 +21,6 @@ const CLINICS: i64 = 50;
 const ENDPOINTS_PER_CLINIC: i64 = 4;
 const FIRST_CLINIC: i64 = 1001;
 const RUNS: usize = 100;
-const EVENT_TYPES: [&str; 6] = [
-    "visit.created",
-    "visit.updated",
-    "visit.ended",
-    "visit.note.signed_and_sent",
-    "visit.invoice.processed",
-    "user.created",
-];
 
 /// A panel query: its file in `sql/log/` and how to fill its variables.
 pub struct PanelQuery {

@@ -9,19 +9,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clinic_webhooks::payload::EVENT_TYPES;
 use clinic_webhooks_test_support::Receiver;
 use serde_json::Value;
 
 use crate::support::{self, InProcessWorker, TestDb};
-
-const TYPES: [&str; 6] = [
-    "user.created",
-    "visit.created",
-    "visit.updated",
-    "visit.ended",
-    "visit.note.signed_and_sent",
-    "visit.invoice.processed",
-];
 
 fn schema_path(event_type: &str, version: &str) -> PathBuf {
     let major = &version[..1];
@@ -55,7 +47,7 @@ fn assert_valid(validator: &jsonschema::Validator, body: &Value, what: &str) {
 
 #[test]
 fn every_event_has_a_schema_per_version_and_its_examples_hold() {
-    for event_type in TYPES {
+    for event_type in EVENT_TYPES {
         for version in ["1.0", "2.0"] {
             let v = validator(event_type, version);
             let schema: Value = serde_json::from_str(
@@ -109,7 +101,7 @@ async fn what_the_worker_sends_matches_the_catalog() {
             .unwrap_or_else(|e| panic!("{e}: {step}"));
     }
     for endpoint in [v1, v2] {
-        for event_type in TYPES {
+        for event_type in EVENT_TYPES {
             sqlx::query("SELECT webhooks.send_test($1, $2)")
                 .bind(endpoint)
                 .bind(event_type)
@@ -146,7 +138,7 @@ async fn what_the_worker_sends_matches_the_catalog() {
     }
     assert_eq!(
         seen.len(),
-        TYPES.len() * 2,
+        EVENT_TYPES.len() * 2,
         "every event × version sent: {seen:?}"
     );
 }

@@ -413,14 +413,7 @@ async fn the_demo_runs_twice_and_exits_zero() {
         assert!(text.contains("all 12 delivered"), "run {run}:\n{text}");
         assert!(text.contains("(13 rows)"), "run {run}:\n{text}");
         assert!(text.contains("psql -h"), "run {run}:\n{text}");
-        for event in [
-            "user.created",
-            "visit.created",
-            "visit.updated",
-            "visit.ended",
-            "visit.note.signed_and_sent",
-            "visit.invoice.processed",
-        ] {
+        for event in clinic_webhooks::payload::EVENT_TYPES {
             assert!(text.contains(event), "run {run}: {event}:\n{text}");
         }
     }
