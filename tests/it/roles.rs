@@ -11,6 +11,41 @@ use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 
 use crate::support::{self, TestDb};
 
+/// Drops the test's login roles when the test ends, passed or failed (roles
+/// belong to the server, not to the test's database).
+struct DropRoles {
+    database: String,
+    roles: Vec<String>,
+}
+
+impl Drop for DropRoles {
+    fn drop(&mut self) {
+        let roles = self.roles.join(", ");
+        let psql = |database: &str, sql: String| {
+            let url = support::admin_url();
+            let server = url.rsplit_once('/').map_or(url.as_str(), |(s, _)| s);
+            let _ = std::process::Command::new("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    "-d",
+                    &format!("{server}/{database}"),
+                    "-c",
+                    &sql,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        psql(&self.database, format!("DROP OWNED BY {roles}"));
+        psql(
+            "postgres",
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database),
+        );
+        psql("postgres", format!("DROP ROLE IF EXISTS {roles}"));
+    }
+}
+
 /// `db`'s URL for another user (trust authentication on the test server).
 fn url_as(db: &TestDb, user: &str) -> String {
     let (scheme, rest) = db.url.split_once("://").expect("url");
@@ -33,6 +68,10 @@ async fn each_party_works_with_its_role_and_no_more() {
         format!("cw_worker_{tag}"),
         format!("cw_panel_{tag}"),
     );
+    let _cleanup = DropRoles {
+        database: db.name.clone(),
+        roles: vec![app.clone(), worker.clone(), panel.clone()],
+    };
     let mut admin = db.pool.acquire().await.expect("admin");
     exec(
         &mut admin,
@@ -65,7 +104,7 @@ async fn each_party_works_with_its_role_and_no_more() {
     support::clinic_with_patient(&db.pool).await;
     support::endpoint(&db.pool, 1, &receiver.url("/hook"), "2.0").await;
 
-    let result = async {
+    async {
         // The application writes a visit; its triggers enqueue as its role.
         let mut as_app = PgConnection::connect(&url_as(&db, &app)).await.expect("app");
         exec(
@@ -128,22 +167,4 @@ async fn each_party_works_with_its_role_and_no_more() {
         }
     }
     .await;
-
-    for role in [&app, &worker, &panel] {
-        exec(&mut admin, &format!("DROP OWNED BY {role}")).await;
-    }
-    drop(admin);
-    db.pool.close().await;
-    let mut server = PgConnection::connect(&support::admin_url())
-        .await
-        .expect("admin");
-    exec(
-        &mut server,
-        &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name),
-    )
-    .await;
-    for role in [&app, &worker, &panel] {
-        exec(&mut server, &format!("DROP ROLE IF EXISTS {role}")).await;
-    }
-    result
 }
