@@ -8,17 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clinic_webhooks_test_support::{Receiver, Reply};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::support::{self, InProcessWorker, TestDb};
-
-async fn scalar<T>(pool: &PgPool, sql: &'static str) -> T
-where
-    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
-{
-    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
-}
+use crate::support::{self, InProcessWorker, TestDb, scalar};
 
 /// A receiver that fails with 500 until `heal` is set.
 async fn flaky() -> (Receiver, Arc<AtomicBool>) {

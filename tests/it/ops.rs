@@ -25,11 +25,9 @@ async fn get(url: &str) -> (u16, String) {
     (status, response.text().await.expect("body"))
 }
 
-async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .expect(sql)
+/// A count.
+async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
+    support::scalar(pool, sql).await
 }
 
 /// The value of every sample of `name` whose labels include `labels`, summed.

@@ -42,8 +42,9 @@ async fn attempt_at(pool: &PgPool, delivery: i64, endpoint: i64, days: i32) -> i
     .expect("insert attempt")
 }
 
+/// A count or an id.
 async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+    support::scalar(pool, sql).await
 }
 
 /// The partition that holds attempt `id`.

@@ -241,6 +241,14 @@ pub fn spawn_binary_at(url: &str, extra_env: &[(&str, &str)]) -> Child {
         .expect("spawn clinic-webhooks")
 }
 
+/// The one value `sql` selects.
+pub async fn scalar<T>(pool: &PgPool, sql: &'static str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
 /// Runs a `clinic-webhooks` command (not `run`) against the database at
 /// `url`, with no configuration file, and waits for it.
 pub fn cli(url: &str, args: &[&str]) -> std::process::Output {
