@@ -9,7 +9,7 @@
 //! series per endpoint would grow with the customers).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
@@ -17,6 +17,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use uuid::Uuid;
 
+use crate::decision::Outcome;
 use crate::payload::EVENT_TYPES;
 
 pub const ATTEMPTS: &str = "clinic_webhooks_attempts_total";
@@ -75,7 +76,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 fn describe() {
     describe_counter!(
         ATTEMPTS,
-        "HTTP calls made (and attempts lost with a worker), by outcome, error kind, event type and payload version"
+        "HTTP calls made by this process, counted once logged, by outcome, error kind, event type and payload version"
     );
     describe_histogram!(
         ATTEMPT_DURATION,
@@ -123,26 +124,60 @@ fn describe() {
     );
 }
 
-/// One finished call (or attempt lost with a worker).
-pub fn attempt(
-    outcome: &'static str,
-    error_kind: Option<&'static str>,
-    event_type: &str,
-    version: &str,
+/// One call, its labels resolved when it is made (no allocation), recorded
+/// once it is logged: `Attempt::new(…)` then `.record()`.
+pub struct Attempt {
+    outcome: Outcome,
+    error_kind: &'static str,
+    event_type: &'static str,
+    version: &'static str,
     duration: Duration,
-) {
-    if !enabled() {
-        return;
+    event_id: Uuid,
+}
+
+impl Attempt {
+    pub fn new(
+        outcome: Outcome,
+        error_kind: Option<&'static str>,
+        event_type: &str,
+        version: &str,
+        duration: Duration,
+        event_id: Uuid,
+    ) -> Self {
+        Self {
+            outcome,
+            error_kind: error_kind.unwrap_or(""),
+            event_type: known(event_type, &EVENT_TYPES),
+            version: known(version, &VERSIONS),
+            duration,
+            event_id,
+        }
     }
-    counter!(
-        ATTEMPTS,
-        "outcome" => outcome,
-        "error_kind" => error_kind.unwrap_or(""),
-        "event_type" => known(event_type, &EVENT_TYPES),
-        "version" => known(version, &VERSIONS)
-    )
-    .increment(1);
-    histogram!(ATTEMPT_DURATION).record(duration.as_secs_f64());
+
+    /// Counts the call and times it; for a 2xx, also the time since its
+    /// event's row was written.
+    pub fn record(self) {
+        if !enabled() {
+            return;
+        }
+        counter!(
+            ATTEMPTS,
+            "outcome" => self.outcome.as_str(),
+            "error_kind" => self.error_kind,
+            "event_type" => self.event_type,
+            "version" => self.version
+        )
+        .increment(1);
+        histogram!(ATTEMPT_DURATION).record(self.duration.as_secs_f64());
+        if self.outcome == Outcome::Succeeded
+            && let Some(written) = written_at(self.event_id)
+        {
+            let waited = SystemTime::now()
+                .duration_since(written)
+                .unwrap_or_default();
+            histogram!(EVENT_TO_SUCCESS).record(waited.as_secs_f64());
+        }
+    }
 }
 
 /// The label values of `version`: the schema allows these only (the
@@ -159,55 +194,49 @@ fn known(value: &str, known: &[&'static str]) -> &'static str {
         .unwrap_or("other")
 }
 
-/// A 2xx for event `event_id`: the time since its row was written, which
-/// its version 7 id carries (to the millisecond).
-pub fn delivered(event_id: Uuid) {
+/// When an event's row was written: the time its version 7 id carries (to
+/// the millisecond). None for an id of another version.
+fn written_at(event_id: Uuid) -> Option<SystemTime> {
+    if event_id.get_version_num() != 7 {
+        return None;
+    }
+    let (seconds, nanos) = event_id.get_timestamp()?.to_unix();
+    Some(UNIX_EPOCH + Duration::new(seconds, nanos))
+}
+
+/// A batch statement (a claim, a log write): counted by result, timed, and
+/// its rows when it succeeded.
+fn batch(
+    total: &'static str,
+    duration_of: &'static str,
+    rows_of: &'static str,
+    ok: bool,
+    duration: Duration,
+    rows: usize,
+) {
     if !enabled() {
         return;
     }
-    let Some(written_ms) = uuid_v7_millis(event_id) else {
-        return;
-    };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let seconds = now_ms.saturating_sub(u128::from(written_ms)) as f64 / 1000.0;
-    histogram!(EVENT_TO_SUCCESS).record(seconds);
-}
-
-/// The Unix time in milliseconds a version 7 UUID begins with.
-fn uuid_v7_millis(id: Uuid) -> Option<u64> {
-    if id.get_version_num() != 7 {
-        return None;
+    counter!(total, "result" => if ok { "ok" } else { "error" }).increment(1);
+    histogram!(duration_of).record(duration.as_secs_f64());
+    if ok {
+        histogram!(rows_of).record(rows as f64);
     }
-    let b = id.as_bytes();
-    Some(
-        b[..6]
-            .iter()
-            .fold(0u64, |ms, byte| (ms << 8) | u64::from(*byte)),
-    )
 }
 
 pub fn claim(ok: bool, duration: Duration, rows: usize) {
-    if !enabled() {
-        return;
-    }
-    counter!(CLAIMS, "result" => if ok { "ok" } else { "error" }).increment(1);
-    histogram!(CLAIM_DURATION).record(duration.as_secs_f64());
-    if ok {
-        histogram!(CLAIM_BATCH).record(rows as f64);
-    }
+    batch(CLAIMS, CLAIM_DURATION, CLAIM_BATCH, ok, duration, rows);
 }
 
 pub fn log_write(ok: bool, duration: Duration, rows: usize) {
-    if !enabled() {
-        return;
-    }
-    counter!(LOG_WRITES, "result" => if ok { "ok" } else { "error" }).increment(1);
-    histogram!(LOG_WRITE_DURATION).record(duration.as_secs_f64());
-    if ok {
-        histogram!(LOG_WRITE_BATCH).record(rows as f64);
-    }
+    batch(
+        LOG_WRITES,
+        LOG_WRITE_DURATION,
+        LOG_WRITE_BATCH,
+        ok,
+        duration,
+        rows,
+    );
 }
 
 /// What one sample of the queue found (`sql/worker/queue_gauges.sql`).
@@ -247,7 +276,10 @@ mod tests {
         let id: Uuid = "0193a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b"
             .parse()
             .expect("uuid");
-        assert_eq!(uuid_v7_millis(id), Some(0x0193_a1b2_c3d4));
-        assert_eq!(uuid_v7_millis(Uuid::new_v4()), None);
+        assert_eq!(
+            written_at(id),
+            Some(UNIX_EPOCH + Duration::from_millis(0x0193_a1b2_c3d4))
+        );
+        assert_eq!(written_at(Uuid::new_v4()), None);
     }
 }

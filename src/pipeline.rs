@@ -38,9 +38,14 @@ impl Pipeline {
         let Decision { outcome, retry_in } =
             decision::decide(&call, position, &self.policy, fastrand::f64());
         log_attempt(d, &call, outcome);
-        let error_kind = call.failure.as_ref().map(|f| f.kind.as_str());
-        let duration = call.duration;
-        let (event_id, event_type, version) = (d.event_id, d.event_type.clone(), d.version.clone());
+        let counted = instruments::Attempt::new(
+            outcome,
+            call.failure.as_ref().map(|f| f.kind.as_str()),
+            &d.event_type,
+            &d.version,
+            call.duration,
+            d.event_id,
+        );
 
         let committed = self
             .recorder
@@ -62,16 +67,7 @@ impl Pipeline {
         committed.wait().await?;
         drop(call_over);
         // Counted once logged, so that the metrics and the log agree.
-        instruments::attempt(
-            outcome.as_str(),
-            error_kind,
-            &event_type,
-            &version,
-            duration,
-        );
-        if outcome == Outcome::Succeeded {
-            instruments::delivered(event_id);
-        }
+        counted.record();
         Ok(())
     }
 }

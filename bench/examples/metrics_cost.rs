@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use clinic_webhooks::decision::Outcome;
 use clinic_webhooks::instruments;
 use clinic_webhooks::payload::EVENT_TYPES;
 
@@ -25,14 +26,15 @@ fn main() {
     for i in 0..n {
         let event_type = types[i as usize % types.len()];
         let version = if i % 2 == 0 { "1.0" } else { "2.0" };
-        instruments::attempt(
-            "succeeded",
+        instruments::Attempt::new(
+            Outcome::Succeeded,
             None,
             event_type,
             version,
             Duration::from_micros(900),
-        );
-        instruments::delivered(event);
+            event,
+        )
+        .record();
         // A claim and a log write serve about a hundred deliveries each.
         if i % 100 == 0 {
             instruments::claim(true, Duration::from_micros(800), 100);
