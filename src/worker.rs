@@ -118,29 +118,12 @@ pub async fn run(
         settings.worker.poll_interval,
     ));
     let claim_pool = db::claim_pool(&pool);
-    let ops = match settings.ops.listen_addr() {
-        Ok(None) => None,
-        Ok(Some(addr)) => {
-            let started = ops::start(
-                addr,
-                pool.clone(),
-                claim_pool.clone(),
-                readiness.clone(),
-                background.clone(),
-            )
-            .await;
-            match started {
-                Ok(server) => Some(server),
-                Err(err) => {
-                    // Presence, recovery and maintenance run already: stop them.
-                    background.cancel();
-                    return Err(WorkerError::OpsListener(err));
-                }
-            }
-        }
+    let ops = match start_ops(settings, &pool, &claim_pool, &readiness, &background).await {
+        Ok(ops) => ops,
         Err(err) => {
+            // Presence, recovery and maintenance run already: stop them.
             background.cancel();
-            return Err(WorkerError::Ops(err));
+            return Err(err);
         }
     };
     let claimer = Claimer::new(
@@ -229,6 +212,28 @@ pub async fn run(
     presence.stopped().await;
     tracing::info!(worker = %name, "worker stopped");
     result
+}
+
+/// The operations listener, when `ops.listen` asks for one.
+async fn start_ops(
+    settings: &Settings,
+    pool: &PgPool,
+    claim_pool: &PgPool,
+    readiness: &Arc<Readiness>,
+    stop: &CancellationToken,
+) -> Result<Option<ops::OpsServer>, WorkerError> {
+    let Some(addr) = settings.ops.listen_addr().map_err(WorkerError::Ops)? else {
+        return Ok(None);
+    };
+    let server = ops::start(
+        addr,
+        pool.clone(),
+        claim_pool.clone(),
+        readiness.clone(),
+        stop.clone(),
+    )
+    .await?;
+    Ok(Some(server))
 }
 
 type ApalisRun = Pin<Box<dyn Future<Output = Result<(), apalis_core::error::WorkerError>> + Send>>;

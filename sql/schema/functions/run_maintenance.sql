@@ -120,7 +120,6 @@ BEGIN
         END LOOP;
 
         -- Partitions wholly older than the retention period go at once.
-        n := 0;
         FOR part IN SELECT p.name, p.range_end, p.rows_estimate FROM webhooks.history_partitions p
                      WHERE p.history = h.history AND p.range_end <= cutoff
                      ORDER BY p.range_end LOOP
