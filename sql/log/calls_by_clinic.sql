@@ -4,8 +4,8 @@
 -- Next page: add -v before_at="'<called_at of the last row>'" -v before_id=<its attempt_id>.
 -- Each of the clinic's endpoints is read newest first on
 -- webhooks.attempts_by_endpoint_time, in the partitions up to before_at only,
--- and their pages merged. The log alone
--- answers: each call carries its event.
+-- and their pages merged. The log alone answers: each call carries its
+-- event.
 \if :{?before_at} \else \set before_at '''infinity''' \endif
 \if :{?before_id} \else \set before_id 9223372036854775807 \endif
 SELECT a.id AS attempt_id,
