@@ -7,10 +7,10 @@
 //! signature checked; the receiver fails one request once, so a retry shows
 //! too. Then the log as a DBA sees it, and how to look further.
 
-use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -48,8 +48,8 @@ struct Landed {
 struct Receiver {
     /// Endpoint path ("/v1", "/v2") → its signing key.
     keys: Vec<(String, SigningKey)>,
-    /// (path, event type) pairs that have been failed once already.
-    failed: Mutex<HashSet<(String, String)>>,
+    /// Whether the one request it fails has been failed already.
+    failed_once: AtomicBool,
     landed: mpsc::UnboundedSender<Landed>,
 }
 
@@ -73,7 +73,7 @@ pub async fn run(settings: &Settings, pool: PgPool, explore: &str) -> Result<()>
             .iter()
             .map(|(_, path, secret)| Ok((path.clone(), SigningKey::from_secret(secret)?)))
             .collect::<Result<_, crate::signing::SigningError>>()?,
-        failed: Mutex::default(),
+        failed_once: AtomicBool::new(false),
         landed,
     });
     let stop = CancellationToken::new();
@@ -293,11 +293,7 @@ async fn receive(
     let version = json["version"].as_str().unwrap_or("1.0").to_owned();
     let fail = path == "/v2"
         && event_type == FAILS_ONCE
-        && receiver
-            .failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert((path.clone(), event_type.clone()));
+        && !receiver.failed_once.swap(true, Ordering::Relaxed);
     let status = if fail {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
